@@ -1,0 +1,97 @@
+"""What every dataset hands to the pipeline: metadata plus a tf.data view of each split.
+
+A dataset is registered by name (``register_dataset``) with a factory
+``factory(data_config) -> DatasetSource``. Only the factory/builder knows the file format;
+the pipeline, trainer and evaluator only see ``DatasetSource``.
+
+Example dict yielded by ``as_tf_dataset(split)``:
+  features: float16 [regions, feature_dim]  (row-major over ``grid_shape``)
+  labels:   int8    [num_labels]            states 1 = positive, -1 = negative, 0 = unknown,
+                                            over *all* labels of the dataset (seen first)
+  image_id: string  []
+  scene:    float16 [scene_dim]             only when ``meta.scene_dim > 0``
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Protocol
+
+import numpy as np
+
+try:  # tf is only needed for as_tf_dataset; keep metadata importable without it.
+  import tensorflow as tf  # noqa: F401
+except ImportError:  # pragma: no cover
+  tf = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+  """Static description of a dataset.
+
+  Attributes:
+    name: registry name.
+    label_names: all label names, in the dataset's label order.
+    embeddings: embedding source name -> float32 [num_labels, emb_dim], rows L2-normalised.
+    grid_shape: (height, width) of the region grid; regions = height * width.
+    feature_dim: channels of each region feature.
+    scene_dim: length of the stored scene feature, 0 if none is stored.
+    num_examples: split name -> number of examples.
+    provenance: free text: where features / labels / embeddings came from.
+  """
+
+  name: str
+  label_names: tuple[str, ...]
+  embeddings: dict[str, np.ndarray]
+  grid_shape: tuple[int, int]
+  feature_dim: int
+  scene_dim: int
+  num_examples: dict[str, int]
+  provenance: str = ""
+
+  @property
+  def num_labels(self) -> int:
+    return len(self.label_names)
+
+  @property
+  def num_regions(self) -> int:
+    return self.grid_shape[0] * self.grid_shape[1]
+
+  def embedding(self, source: str) -> np.ndarray:
+    """Label embeddings [num_labels, emb_dim] of ``source``; clear error when absent."""
+    if source not in self.embeddings:
+      raise ValueError(
+          f"dataset {self.name!r}: no label embedding source {source!r}; "
+          f"available: {sorted(self.embeddings)} (config field data.embedding)")
+    return self.embeddings[source]
+
+
+class DatasetSource(Protocol):
+  meta: DatasetMeta
+
+  def as_tf_dataset(self, split: str) -> "tf.data.Dataset":
+    """Examples of ``split`` in a fixed order (see module docstring for fields)."""
+
+
+_DATASETS: dict[str, Callable[..., DatasetSource]] = {}
+
+
+def register_dataset(name: str):
+  """Decorator: register ``factory(data_config) -> DatasetSource`` under ``name``."""
+  def wrap(factory):
+    if name in _DATASETS:
+      raise ValueError(f"dataset {name!r} registered twice")
+    _DATASETS[name] = factory
+    return factory
+  return wrap
+
+
+def get_dataset(data_config) -> DatasetSource:
+  """Build the dataset named ``data_config.name``."""
+  # Importing the package registers the built-in datasets.
+  import mlzsl_jax.data  # noqa: F401
+  name = data_config.name
+  if name not in _DATASETS:
+    raise ValueError(f"config field data.name={name!r}: unknown dataset; "
+                     f"registered: {sorted(_DATASETS)}")
+  return _DATASETS[name](data_config)

@@ -1,0 +1,173 @@
+"""BiAM (Narayan et al., ICCV 2021): region features enriched with region- and scene-level
+context, mapped to the label-embedding space; a label's image score is the mean of its top-k
+region scores. Follows ``shared/spec/biam.md``; PyTorch layouts (NCHW) become NHWC here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from mlzsl_jax.models import layers
+from mlzsl_jax.models.registry import register_model
+
+# PyTorch BatchNorm2d(momentum=0.99) moves the running stats 99% toward each batch:
+# running = 0.01 * running + 0.99 * batch. Flax's convention is
+# running = momentum * running + (1 - momentum) * batch, hence 1 - 0.99.
+TORCH_BN_MOMENTUM = 0.99
+BN_EPS = 1e-3
+
+
+def _batch_norm(ch: int, *, momentum: float, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  return nnx.BatchNorm(ch, momentum=momentum, epsilon=BN_EPS, dtype=dtype, rngs=rngs)
+
+
+class ConvReluBN(nnx.Module):
+  """conv3x3 -> ReLU -> BatchNorm (this order, as the official CONV3_3)."""
+
+  def __init__(self, in_ch: int, out_ch: int, *, bn_momentum: float, dtype, rngs: nnx.Rngs):
+    self.conv = layers.conv(in_ch, out_ch, 3, dtype=dtype, rngs=rngs)
+    self.bn = _batch_norm(out_ch, momentum=bn_momentum, dtype=dtype, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """x: [batch, h, w, in_ch] -> [batch, h, w, out_ch]."""
+    return self.bn(jax.nn.relu(self.conv(x)), use_running_average=not train)
+
+
+class RegionContextBlock(nnx.Module):
+  """Multi-head self-attention over regions (1x1-conv projections) + feed-forward, residuals."""
+
+  def __init__(self, ch: int, heads: int, *, dropout: float, mask_zero_scores: bool,
+               dtype, rngs: nnx.Rngs):
+    if ch % heads:
+      raise ValueError(f"model.channels={ch} must be divisible by model.heads={heads}")
+    self.heads = heads
+    self.mask_zero_scores = mask_zero_scores
+    self.w_q = layers.conv(ch, ch, 1, dtype=dtype, rngs=rngs)
+    self.w_k = layers.conv(ch, ch, 1, dtype=dtype, rngs=rngs)
+    self.w_v = layers.conv(ch, ch, 1, dtype=dtype, rngs=rngs)
+    self.w_o = layers.conv(ch, ch, 1, dtype=dtype, rngs=rngs)
+    self.ff1 = layers.conv(ch, 2 * ch, 1, dtype=dtype, rngs=rngs)
+    self.ff2 = layers.conv(2 * ch, ch, 1, dtype=dtype, rngs=rngs)
+    self.attn_dropout = nnx.Dropout(dropout)
+    self.out_dropout = nnx.Dropout(dropout)
+
+  def __call__(self, h_r: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
+    """h_r: [batch, h, w, ch] -> e_r: [batch, h, w, ch]."""
+    b, gh, gw, ch = h_r.shape
+    d_k = ch // self.heads
+
+    def split_heads(x):  # [b, h, w, ch] -> [b, regions, heads, d_k]
+      return x.reshape(b, gh * gw, self.heads, d_k)
+
+    q, k, v = (split_heads(f(h_r)) for f in (self.w_q, self.w_k, self.w_v))
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d_k)
+    if self.mask_zero_scores:  # official quirk: an exact 0 is treated as "masked"
+      logits = jnp.where(logits == 0, jnp.asarray(-1e9, logits.dtype), logits)
+    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    attn = self.attn_dropout(attn, deterministic=not train, rngs=rngs)
+    o_r = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, gh, gw, ch)
+    o_r = self.out_dropout(self.w_o(o_r), deterministic=not train, rngs=rngs) + h_r
+    return self.ff2(jax.nn.relu(self.ff1(o_r))) + o_r
+
+
+class SceneContextBlock(nnx.Module):
+  """Scene-gated channel reweighting of the region features, plus a conv refinement."""
+
+  def __init__(self, ch: int, scene_dim: int, *, dropout: float, bn_momentum: float,
+               dtype, rngs: nnx.Rngs):
+    self.channel_conv = layers.conv(ch, ch, 1, dtype=dtype, rngs=rngs)
+    self.w_g = layers.linear(scene_dim, ch, dtype=dtype, rngs=rngs)
+    self.scene_dropout = nnx.Dropout(dropout)
+    self.refine = ConvReluBN(ch, ch, bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
+
+  def __call__(self, h_r: jax.Array, x_g: jax.Array, *, train: bool,
+               rngs: nnx.Rngs | None) -> jax.Array:
+    """h_r: [batch, h, w, ch], x_g: [batch, scene_dim] -> e_g: [batch, h, w, ch]."""
+    q_g = v_g = jax.nn.leaky_relu(self.channel_conv(h_r), 0.2)
+    k_g = self.w_g(self.scene_dropout(x_g, deterministic=not train, rngs=rngs))  # [b, ch]
+    r_g = jax.nn.sigmoid(q_g.mean(axis=(1, 2)) * k_g)  # [b, ch]
+    c_g = r_g[:, None, None, :] * v_g
+    return c_g + self.refine(c_g, train=train)
+
+
+class BiAM(nnx.Module):
+  """BiAM. Call: (feats [B, R, C_in], label_emb [L, E], scene [B, S] | None) -> scores."""
+
+  def __init__(self, *, feature_dim: int, emb_dim: int, grid_shape: tuple[int, int],
+               scene_dim: int, channels: int = 256, heads: int = 8, out_dim: int = 512,
+               top_k: int = 6, mask_zero_scores: bool = True, attn_dropout: float = 0.1,
+               scene_dropout: float = 0.2, bn_momentum: float = 1.0 - TORCH_BN_MOMENTUM,
+               scene_source: str = "dataset", dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    if scene_source not in ("dataset", "mean_region"):
+      raise ValueError(f"model.scene_source={scene_source!r}: expected 'dataset' "
+                       "(a stored scene feature) or 'mean_region' (learned projection of "
+                       "the mean region feature)")
+    if scene_source == "dataset" and scene_dim <= 0:
+      raise ValueError("model.scene_source='dataset' but the dataset stores no scene "
+                       "feature; set model.scene_source='mean_region'")
+    num_regions = grid_shape[0] * grid_shape[1]
+    if not 1 <= top_k <= num_regions:
+      raise ValueError(f"model.top_k={top_k} must be in [1, {num_regions}] (regions)")
+    self.feature_dim, self.emb_dim = feature_dim, emb_dim
+    self.grid_shape = tuple(grid_shape)
+    self.top_k = top_k
+    self.scene_source = scene_source
+    self.dtype = dtype
+    self.stem = ConvReluBN(feature_dim, channels, bn_momentum=bn_momentum, dtype=dtype,
+                           rngs=rngs)
+    self.region_context = RegionContextBlock(channels, heads, dropout=attn_dropout,
+                                             mask_zero_scores=mask_zero_scores,
+                                             dtype=dtype, rngs=rngs)
+    scene_in = scene_dim if scene_source == "dataset" else feature_dim
+    self.scene_context = SceneContextBlock(channels, scene_in, dropout=scene_dropout,
+                                           bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
+    self.fuse = layers.conv(2 * channels, out_dim, 1, dtype=dtype, rngs=rngs)
+    self.label_proj = layers.linear(emb_dim, out_dim, dtype=dtype, rngs=rngs)
+
+  def region_scores(self, feats: jax.Array, label_emb: jax.Array,
+                    scene: jax.Array | None = None, *, train: bool = False,
+                    rngs: nnx.Rngs | None = None) -> jax.Array:
+    """feats: [B, R, C_in], label_emb: [L, E], scene: [B, S] -> region scores [B, R, L]."""
+    if feats.ndim != 3 or feats.shape[-1] != self.feature_dim:
+      raise ValueError(f"features: expected [batch, regions, {self.feature_dim}], "
+                       f"got {feats.shape}")
+    if label_emb.ndim != 2 or label_emb.shape[-1] != self.emb_dim:
+      raise ValueError(f"label embeddings: expected [labels, {self.emb_dim}], "
+                       f"got {label_emb.shape}")
+    x_r = layers.regions_to_grid(feats.astype(self.dtype), self.grid_shape)
+    if self.scene_source == "mean_region":
+      x_g = feats.astype(self.dtype).mean(axis=1)
+    else:
+      if scene is None:
+        raise ValueError("model.scene_source='dataset' needs the batch field 'scene'")
+      x_g = scene.astype(self.dtype)
+    h_r = self.stem(x_r, train=train)
+    e_r = self.region_context(h_r, train=train, rngs=rngs)
+    e_g = self.scene_context(h_r, x_g, train=train, rngs=rngs)
+    e_f = jax.nn.leaky_relu(self.fuse(jnp.concatenate([e_r, e_g], axis=-1)), 0.2)
+    classifiers = self.label_proj(label_emb.astype(self.dtype))  # [L, D]
+    return jnp.einsum("brd,ld->brl", layers.grid_to_regions(e_f), classifiers)
+
+  def __call__(self, feats: jax.Array, label_emb: jax.Array, scene: jax.Array | None = None,
+               *, train: bool = False, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
+    """Returns {'scores': [B, L] (mean of the top-k region scores), 'region_scores': [B, R, L]}."""
+    region = self.region_scores(feats, label_emb, scene, train=train, rngs=rngs)
+    top = jax.lax.top_k(jnp.swapaxes(region, 1, 2).astype(jnp.float32), self.top_k)[0]
+    return {"scores": top.mean(axis=-1), "region_scores": region}
+
+
+@register_model("biam")
+def build_biam(cfg, *, feature_dim: int, emb_dim: int, grid_shape: tuple[int, int],
+               scene_dim: int, dtype, rngs: nnx.Rngs) -> BiAM:
+  """Builds BiAM from ``config.model`` (fields: channels, heads, out_dim, top_k, ...)."""
+  return BiAM(feature_dim=feature_dim, emb_dim=emb_dim, grid_shape=grid_shape,
+              scene_dim=scene_dim, channels=cfg.channels, heads=cfg.heads,
+              out_dim=cfg.out_dim, top_k=cfg.top_k, mask_zero_scores=cfg.mask_zero_scores,
+              attn_dropout=cfg.attn_dropout, scene_dropout=cfg.scene_dropout,
+              bn_momentum=cfg.bn_momentum, scene_source=cfg.scene_source, dtype=dtype,
+              rngs=rngs)
