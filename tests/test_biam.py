@@ -137,8 +137,8 @@ def test_forward_eval_matches_numpy_reference(seed, scene_source):
   out = model(jnp.asarray(feats), jnp.asarray(emb), jnp.asarray(scene), train=False)
   _, params, stats = nnx.split(model, nnx.Param, ...)
   ref_scores, ref_region = biam_ref(feats.astype(np.float64), emb.astype(np.float64),
-                                    scene.astype(np.float64), _to_np(params.to_pure_dict()),
-                                    _to_np(stats.to_pure_dict()), grid=(3, 4), heads=2,
+                                    scene.astype(np.float64), _to_np(nnx.to_pure_dict(params)),
+                                    _to_np(nnx.to_pure_dict(stats)), grid=(3, 4), heads=2,
                                     top_k=3, train=False, scene_source=scene_source)
   np.testing.assert_allclose(out["region_scores"], ref_region, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(out["scores"], ref_scores, rtol=1e-4, atol=1e-4)
@@ -153,7 +153,7 @@ def test_forward_train_mode_uses_batch_statistics():
   emb = rng.normal(size=(3, 5)).astype(np.float32)
   scene = rng.normal(size=(4, 7)).astype(np.float32)
   _, params, stats = nnx.split(model, nnx.Param, ...)
-  params, stats = _to_np(params.to_pure_dict()), _to_np(stats.to_pure_dict())
+  params, stats = _to_np(nnx.to_pure_dict(params)), _to_np(nnx.to_pure_dict(stats))
   out = model(jnp.asarray(feats), jnp.asarray(emb), jnp.asarray(scene), train=True,
               rngs=nnx.Rngs(dropout=0))
   ref_scores, _ = biam_ref(feats.astype(np.float64), emb.astype(np.float64),
@@ -177,7 +177,7 @@ def test_zero_score_mask_quirk(mask_zero):
   h = rng.normal(size=(1, 2, 3, 4)).astype(np.float32)
   h[0, 0, :2] = 0.0  # two regions with zero features -> zero keys -> zero scores
   out = block(jnp.asarray(h), train=False, rngs=None)
-  p = _to_np(nnx.split(block, nnx.Param, ...)[1].to_pure_dict())
+  p = _to_np(nnx.to_pure_dict(nnx.split(block, nnx.Param, ...)[1]))
   ref = rcb_ref(h[0].astype(np.float64), p, heads=2, mask_zero=mask_zero)
   np.testing.assert_allclose(out[0], ref, rtol=1e-4, atol=1e-5)
   other = rcb_ref(h[0].astype(np.float64), p, heads=2, mask_zero=not mask_zero)

@@ -1,0 +1,299 @@
+"""Training: one jitted, sharded train step over a pure state pytree; the loop around it.
+
+``train_and_evaluate(config, workdir)`` trains the configured model, checkpoints with orbax
+(resuming automatically from ``workdir``), logs with clu, evaluates periodically and at the
+end, and returns the final metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from clu import metric_writers
+from flax import nnx
+
+from mlzsl_jax import losses
+from mlzsl_jax import sharding as shd
+from mlzsl_jax.data import pipeline
+from mlzsl_jax.data.source import DatasetMeta, DatasetSource, get_dataset
+from mlzsl_jax.models import get_model_builder
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (a pytree of arrays; checkpointed as is)."""
+  step: jax.Array  # [] int32
+  params: dict  # nested dict of float32 arrays (trained)
+  model_state: dict  # nested dict, e.g. BatchNorm running stats (not trained)
+  opt_state: Any
+  rng: jax.Array  # [2] uint32, base key; the key of step s is fold_in(rng, s)
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelSplit:
+  seen: tuple[int, ...]
+  unseen: tuple[int, ...]
+
+
+def ensure_workdir(workdir: str) -> str:
+  """Creates ``workdir`` and checks it is writable; clear error otherwise."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=workdir):
+      pass
+  except OSError as e:
+    raise PermissionError(f"--workdir {workdir!r}: cannot create or write to it "
+                          f"({e.strerror or e}); choose a writable directory") from e
+  return workdir
+
+
+def label_split(config: ml_collections.ConfigDict, meta: DatasetMeta) -> LabelSplit:
+  """Seen/unseen label ids from the config, validated against the dataset."""
+  seen, unseen = tuple(config.data.seen_labels), tuple(config.data.unseen_labels)
+  for field, ids in (("data.seen_labels", seen), ("data.unseen_labels", unseen)):
+    if not ids:
+      raise ValueError(f"config field {field} is empty")
+    bad = [i for i in ids if not 0 <= i < meta.num_labels]
+    if bad:
+      raise ValueError(f"config field {field}: label ids {bad[:5]} out of range "
+                       f"[0, {meta.num_labels}) of dataset {meta.name!r}")
+    if len(set(ids)) != len(ids):
+      raise ValueError(f"config field {field} has repeated label ids")
+  both = set(seen) & set(unseen)
+  if both:
+    raise ValueError(f"config fields data.seen_labels and data.unseen_labels share ids "
+                     f"{sorted(both)[:5]}")
+  return LabelSplit(seen, unseen)
+
+
+def compute_dtype(config) -> Any:
+  try:
+    return jnp.dtype(config.dtype)
+  except TypeError as e:
+    raise ValueError(f"config field dtype={config.dtype!r}: not a dtype "
+                     "(e.g. 'float32', 'bfloat16')") from e
+
+
+def build_model(config, meta: DatasetMeta, seed: int):
+  """(graphdef, params, model_state) of the configured model; the dicts are pure pytrees."""
+  emb = meta.embedding(config.data.embedding)
+  build = get_model_builder(config.model.name)
+  model = build(config.model, feature_dim=meta.feature_dim, emb_dim=emb.shape[1],
+                grid_shape=meta.grid_shape, scene_dim=meta.scene_dim,
+                dtype=compute_dtype(config), rngs=nnx.Rngs(params=seed))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def lr_schedule(opt_cfg, steps_per_epoch: int, num_epochs: int) -> Callable[[Any], Any]:
+  """Learning rate as a function of the step; changes once per epoch, as the official code.
+
+  'warmup_cosine': epochs 0..w-1 use lr*(e+1)/w; then cosine from lr to lr_min over the
+  remaining epochs. 'constant': lr.
+  """
+  lr, lr_min, warm = opt_cfg.lr, opt_cfg.lr_min, opt_cfg.warmup_epochs
+  if opt_cfg.schedule == "constant":
+    return lambda step: jnp.asarray(lr, jnp.float32)
+  if opt_cfg.schedule != "warmup_cosine":
+    raise ValueError(f"config field optimizer.schedule={opt_cfg.schedule!r}: expected "
+                     "'warmup_cosine' or 'constant'")
+  decay_epochs = max(num_epochs - warm, 1)
+
+  def schedule(step):
+    epoch = jnp.asarray(step, jnp.float32) // steps_per_epoch
+    warm_lr = lr * (epoch + 1) / max(warm, 1)
+    t = jnp.clip(epoch - warm, 0, decay_epochs)
+    cos_lr = lr_min + (lr - lr_min) * 0.5 * (1 + jnp.cos(math.pi * t / decay_epochs))
+    return jnp.where(epoch < warm, warm_lr, cos_lr)
+  return schedule
+
+
+def make_optimizer(opt_cfg, schedule) -> optax.GradientTransformation:
+  """torch.optim.Adam with weight_decay: L2 term added to the gradient before Adam."""
+  return optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay),
+                     optax.scale_by_adam(opt_cfg.b1, opt_cfg.b2, opt_cfg.eps),
+                     optax.scale_by_learning_rate(schedule))
+
+
+class Trainer:
+  """Holds the compiled functions of one (config, dataset, mesh); no training loop state."""
+
+  def __init__(self, config, meta: DatasetMeta, mesh, steps_per_epoch: int):
+    self.config, self.meta, self.mesh = config, meta, mesh
+    self.split = label_split(config, meta)
+    emb = np.asarray(meta.embedding(config.data.embedding), np.float32)
+    self.emb_seen = emb[list(self.split.seen)]
+    self.emb_unseen = emb[list(self.split.unseen)]
+    self.emb_gzsl = emb[list(self.split.seen + self.split.unseen)]
+    self.schedule = lr_schedule(config.optimizer, steps_per_epoch, config.train.num_epochs)
+    self.tx = make_optimizer(config.optimizer, self.schedule)
+    self.loss_fn = losses.get_loss(config.loss.name)
+    self.graphdef, params, model_state = build_model(config, meta, config.seed)
+    abstract = jax.eval_shape(lambda: self._fresh_state(params, model_state))
+    self.state_shardings = shd.tree_shardings(abstract, mesh,
+                                              list(config.mesh.partition_rules))
+    self.batch_sharding = shd.batch_sharding(mesh)
+    self.repl = shd.replicated(mesh)
+    self._init_params = (params, model_state)
+    self.train_step = jax.jit(self._train_step,
+                              in_shardings=(self.state_shardings, self.batch_sharding,
+                                            self.repl),
+                              out_shardings=(self.state_shardings, self.repl),
+                              donate_argnums=0)
+    self.predict = jax.jit(self._predict, static_argnames=())
+
+  def _fresh_state(self, params, model_state) -> TrainState:
+    return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=model_state,
+                      opt_state=self.tx.init(params),
+                      rng=jax.random.key_data(jax.random.key(self.config.seed + 1)))
+
+  def init_state(self) -> TrainState:
+    """A fresh, sharded state (same values on any mesh)."""
+    return jax.jit(self._fresh_state, out_shardings=self.state_shardings)(*self._init_params)
+
+  def abstract_state(self) -> TrainState:
+    shapes = jax.eval_shape(self._fresh_state, *self._init_params)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        shapes, self.state_shardings)
+
+  def _train_step(self, state: TrainState, batch: dict, label_emb: jax.Array):
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+    def loss_of(params):
+      model = nnx.merge(self.graphdef, params, state.model_state)
+      out = model(batch["features"], label_emb, batch.get("scene"), train=True,
+                  rngs=nnx.Rngs(dropout=key))
+      loss, aux = self.loss_fn(out, batch["labels"], self.config.loss)
+      _, _, new_model_state = nnx.split(model, nnx.Param, ...)
+      return loss, (aux, nnx.to_pure_dict(new_model_state))
+
+    (loss, (aux, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        state.params)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "lr": self.schedule(state.step),
+               "grad_norm": optax.tree.norm(grads), **aux}
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                              opt_state=opt_state)
+    return new_state, metrics
+
+  def _predict(self, params, model_state, batch: dict, label_embs: tuple) -> tuple:
+    """Scores [B, L_i] for each label-embedding set in ``label_embs`` (eval mode)."""
+    model = nnx.merge(self.graphdef, params, model_state)
+    return tuple(model(batch["features"], e, batch.get("scene"), train=False)["scores"]
+                 for e in label_embs)
+
+
+def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      save_interval_steps=config.train.checkpoint_every_steps,
+      max_to_keep=config.train.keep_checkpoints, create=True)
+  return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
+
+
+def restore_or_init(trainer: Trainer, mngr: ocp.CheckpointManager) -> TrainState:
+  latest = mngr.latest_step()
+  if latest is None:
+    return trainer.init_state()
+  print(f"resuming from checkpoint step {latest} in {mngr.directory}", flush=True)
+  return mngr.restore(latest, args=ocp.args.StandardRestore(trainer.abstract_state()))
+
+
+def _format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the
+  final evaluation {'zsl': {...}, 'gzsl': {...}, 'chance': {...}}."""
+  from mlzsl_jax import evaluate  # local: evaluate imports this module
+
+  workdir = ensure_workdir(workdir)
+  source = get_dataset(config.data)
+  meta = source.meta
+  split = label_split(config, meta)
+  mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
+  data_shards = mesh.shape["data"]
+  local_batch = pipeline.local_batch_size(config.train.batch_size, "train.batch_size",
+                                          data_shards)
+  n_train = pipeline.count_train_examples(source, config.data.train_split, split.seen,
+                                          config.train.drop_images_without_positive)
+  steps_per_epoch = n_train // local_batch
+  if steps_per_epoch == 0:
+    raise ValueError(f"split {config.data.train_split!r} has {n_train} usable examples, "
+                     f"fewer than one batch of train.batch_size={config.train.batch_size}")
+  total_steps = steps_per_epoch * config.train.num_epochs
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  trainer = Trainer(config, meta, mesh, steps_per_epoch)
+  mngr = checkpoint_manager(workdir, config)
+  state = restore_or_init(trainer, mngr)
+  start = int(state.step)
+  n_params = sum(x.size for x in jax.tree.leaves(state.params))
+  print(f"{config.model.name}: {n_params:,} parameters; {meta.name}: {n_train} training "
+        f"images, {steps_per_epoch} steps/epoch x {config.train.num_epochs} epochs = "
+        f"{total_steps} steps; mesh {dict(mesh.shape)}", flush=True)
+
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  batches = pipeline.prefetch_to_device(
+      pipeline.train_batches(
+          source, split=config.data.train_split, seen_ids=split.seen,
+          global_batch=config.train.batch_size, seed=config.seed, start_step=start,
+          steps_per_epoch=steps_per_epoch, shuffle_buffer=config.train.shuffle_buffer,
+          drop_without_positive=config.train.drop_images_without_positive,
+          data_shards=data_shards, prefetch=config.train.prefetch),
+      trainer.batch_sharding, size=config.train.prefetch)
+  emb_seen = jax.device_put(trainer.emb_seen, trainer.repl)
+
+  pending: list[dict] = []
+  t_last, step_last = time.perf_counter(), start
+  for step in range(start, total_steps):
+    state, metrics = trainer.train_step(state, next(batches), emb_seen)
+    pending.append(metrics)
+    done = step + 1
+    if done % config.train.log_every_steps == 0 or done == total_steps:
+      host = jax.device_get(pending)  # the only host sync in the loop
+      pending = []
+      mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+      now = time.perf_counter()
+      sps = (done - step_last) / max(now - t_last, 1e-9)
+      t_last, step_last = now, done
+      mean["steps_per_sec"] = sps
+      mean["images_per_sec"] = sps * config.train.batch_size
+      writer.write_scalars(done, mean)
+      if jax.process_index() == 0:
+        print(f"step {done}/{total_steps} (epoch {(done - 1) // steps_per_epoch + 1}) "
+              f"loss {mean['loss']:.4f} lr {mean['lr']:.2e} {sps:.1f} steps/s "
+              f"{mean['images_per_sec']:.0f} img/s ETA {_format_eta((total_steps - done) / sps)}",
+              flush=True)
+    mngr.save(done, args=ocp.args.StandardSave(state))
+    if (config.train.eval_every_steps and done % config.train.eval_every_steps == 0
+        and done != total_steps):
+      result = evaluate.evaluate_state(trainer, source, state, config)
+      writer.write_scalars(done, evaluate.flatten(result))
+  if mngr.latest_step() != total_steps:
+    mngr.save(total_steps, args=ocp.args.StandardSave(state), force=True)
+  mngr.wait_until_finished()
+  result = evaluate.evaluate_state(trainer, source, state, config)
+  writer.write_scalars(total_steps, evaluate.flatten(result))
+  writer.flush()
+  evaluate.report(result, config, workdir, step=total_steps)
+  return result

@@ -1,0 +1,136 @@
+"""Train step: same loss and parameters on 1 device, 8 devices and a 4x2 mesh; optimizer and
+schedule semantics; config and workdir errors."""
+
+import math
+
+import jax
+import numpy as np
+import pytest
+
+from mlzsl_jax import sharding as shd
+from mlzsl_jax import train
+from mlzsl_jax.config_base import base_config
+from mlzsl_jax.data.source import DatasetMeta
+
+
+def tiny_config():
+  c = base_config()
+  c.data.name = "none"
+  c.data.embedding = "random"
+  c.data.seen_labels = list(range(7))
+  c.data.unseen_labels = [7, 8, 9]
+  c.model.channels = 8
+  c.model.heads = 2
+  c.model.out_dim = 8
+  c.model.top_k = 3
+  c.train.batch_size = 8
+  return c
+
+
+def tiny_meta(scene_dim=12):
+  rng = np.random.default_rng(0)
+  emb = rng.normal(size=(10, 6)).astype(np.float32)
+  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+  return DatasetMeta(name="tiny", label_names=tuple(map(str, range(10))),
+                     embeddings={"random": emb}, grid_shape=(4, 4), feature_dim=10,
+                     scene_dim=scene_dim, num_examples={"train": 8})
+
+
+def tiny_batch(seed=0):
+  rng = np.random.default_rng(seed)
+  labels = rng.choice([-1, 1], size=(8, 7)).astype(np.int8)
+  labels[:, 0] = 1
+  return {"features": rng.normal(size=(8, 16, 10)).astype(np.float16),
+          "labels": labels, "scene": rng.normal(size=(8, 12)).astype(np.float16)}
+
+
+def run_steps(mesh, n_steps=2):
+  trainer = train.Trainer(tiny_config(), tiny_meta(), mesh, steps_per_epoch=1)
+  state = trainer.init_state()
+  emb = jax.device_put(trainer.emb_seen, trainer.repl)
+  losses = []
+  for i in range(n_steps):
+    batch = shd.host_to_global(tiny_batch(i), trainer.batch_sharding)
+    state, metrics = trainer.train_step(state, batch, emb)
+    losses.append(float(metrics["loss"]))
+  return losses, jax.device_get(state.params), jax.device_get(state.model_state)
+
+
+def test_one_device_eight_devices_and_4x2_mesh_agree():
+  assert jax.device_count() == 8
+  ref_losses, ref_params, ref_stats = run_steps(shd.make_mesh(devices=jax.devices()[:1]))
+  for data, model in ((8, 1), (4, 2)):
+    mesh = shd.make_mesh(data, model)
+    losses, params, stats = run_steps(mesh)
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(ref_params)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(ref_stats)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  assert ref_losses[0] > 0
+
+
+def test_model_axis_really_shards_parameters():
+  trainer = train.Trainer(tiny_config(), tiny_meta(), shd.make_mesh(4, 2), steps_per_epoch=1)
+  kernel = trainer.init_state().params["stem"]["conv"]["kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "model")
+  assert kernel.addressable_shards[0].data.shape[-1] == kernel.shape[-1] // 2
+
+
+def test_optimizer_is_adam_with_l2_added_to_the_gradient():
+  c = tiny_config().optimizer
+  tx = train.make_optimizer(c, lambda step: c.lr)
+  p = {"w": np.array([1.0, -2.0, 0.5])}
+  g = {"w": np.array([0.3, 0.1, -0.2])}
+  state = tx.init(p)
+  updates, state = tx.update(g, state, p)
+  gg = g["w"] + c.weight_decay * p["w"]
+  m, v = (1 - c.b1) * gg, (1 - c.b2) * gg ** 2
+  expected = -c.lr * (m / (1 - c.b1)) / (np.sqrt(v / (1 - c.b2)) + c.eps)
+  np.testing.assert_allclose(updates["w"], expected, rtol=1e-5)
+
+
+def test_warmup_cosine_schedule_per_epoch():
+  c = tiny_config().optimizer
+  c.lr, c.lr_min, c.warmup_epochs = 1e-3, 5e-4, 3
+  sched = train.lr_schedule(c, steps_per_epoch=10, num_epochs=40)
+  for epoch in range(40):
+    if epoch < 3:
+      want = c.lr * (epoch + 1) / 3
+    else:
+      want = c.lr_min + (c.lr - c.lr_min) * (1 + math.cos(math.pi * (epoch - 3) / 37)) / 2
+    for step in (epoch * 10, epoch * 10 + 9):
+      np.testing.assert_allclose(float(sched(step)), want, rtol=1e-5)
+
+
+def test_label_split_errors_name_the_field():
+  meta = tiny_meta()
+  c = tiny_config()
+  c.data.unseen_labels = [7, 8, 12]
+  with pytest.raises(ValueError, match=r"data.unseen_labels: label ids \[12\] out of range"):
+    train.label_split(c, meta)
+  c.data.unseen_labels = [6, 7]
+  with pytest.raises(ValueError, match="share ids"):
+    train.label_split(c, meta)
+
+
+def test_unwritable_workdir_is_a_clear_error(tmp_path):
+  locked = tmp_path / "locked"
+  locked.mkdir()
+  locked.chmod(0o500)
+  try:
+    if __import__("os").access(locked, __import__("os").W_OK):  # running as root
+      target = "/proc/mlzsl_workdir"
+    else:
+      target = str(locked / "run")
+    with pytest.raises(PermissionError, match="--workdir .* cannot create or write"):
+      train.ensure_workdir(target)
+  finally:
+    locked.chmod(0o700)
+
+
+def test_missing_embedding_source_is_a_clear_error():
+  c = tiny_config()
+  c.data.embedding = "glove"
+  with pytest.raises(ValueError, match="no label embedding source 'glove'"):
+    train.Trainer(c, tiny_meta(), shd.make_mesh(devices=jax.devices()[:1]), 1)
