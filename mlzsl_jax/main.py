@@ -10,7 +10,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
@@ -31,14 +31,51 @@ def _evaluate(config, workdir):
 COMMANDS = {"train": _train, "evaluate": _evaluate}
 
 
+def _unknown_override(argv: list[str]) -> str | None:
+  """The first ``--config.a.b=v`` whose field does not exist in the config file, if any."""
+  import importlib.util
+  spec_arg = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec_arg is None and "--config" in argv:
+    spec_arg = argv[argv.index("--config") + 1]
+  if spec_arg is None:
+    return None
+  path, _, arg = spec_arg.partition(":")
+  spec = importlib.util.spec_from_file_location("_mlzsl_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  for a in argv:
+    if a.startswith("--config.") and "=" in a:
+      field = a[len("--config."):].split("=", 1)[0]
+      node = config
+      for part in field.split("."):
+        if not hasattr(node, "keys") or part not in node:
+          return field
+        node = node[part]
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, with a clear message for a misspelt config field."""
+  try:
+    return flags.FLAGS(argv)
+  except AttributeError as e:
+    field = _unknown_override(argv)
+    if field is None:
+      raise
+    raise SystemExit(f"error: --config.{field}: no such config field (typo?); see the "
+                     "config file and mlzsl_jax/config_base.py for the fields") from e
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: python -m mlzsl_jax.main {{{','.join(COMMANDS)}}} "
                          "--config configs/<file>.py[:arg] --workdir DIR")
+  logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep libraries quiet
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")
   COMMANDS[argv[1]](_CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -63,6 +63,9 @@ class MosaicParams:
   patch: int = 4
   min_digits: int = 2
   max_digits: int = 4
+  # Digit classes that may appear in TRAIN mosaics (test mosaics use all ten). Excluding the
+  # unseen digits gives the classic zero-shot protocol: no unseen object in any training image.
+  train_classes: tuple[int, ...] = tuple(range(10))
 
   @property
   def image_shape(self) -> tuple[int, int]:
@@ -88,7 +91,9 @@ class MosaicParams:
   def config_name(self) -> str:
     """Builder config name; spells every parameter so parameter sets never collide."""
     return (f"s{self.seed}_n{self.num_train}-{self.num_test}_c{self.cells[0]}x{self.cells[1]}"
-            f"_p{self.patch}_d{self.min_digits}-{self.max_digits}")
+            f"_p{self.patch}_d{self.min_digits}-{self.max_digits}"
+            + ("" if len(self.train_classes) == NUM_CLASSES
+               else "_t" + "".join(map(str, self.train_classes))))
 
   def num_examples(self, split: str) -> int:
     check_split(split)
@@ -108,6 +113,10 @@ class MosaicParams:
     if h % self.patch or w % self.patch:
       raise ValueError(f"data.patch: expected a divisor of the mosaic size {h}x{w}, "
                        f"got {self.patch}")
+    if (not self.train_classes or len(set(self.train_classes)) != len(self.train_classes)
+        or not all(0 <= c < NUM_CLASSES for c in self.train_classes)):
+      raise ValueError(f"data.train_classes: expected distinct digits in 0..9, "
+                       f"got {self.train_classes!r}")
     if not self.min_digits <= self.max_digits <= self.num_cells:
       raise ValueError(
           f"data.min_digits/max_digits: expected 1 <= min_digits <= max_digits <= cells "
@@ -151,7 +160,8 @@ def _check_digits(images: np.ndarray, targets: np.ndarray) -> None:
 
 def make_mosaics(images: np.ndarray, targets: np.ndarray, pool: np.ndarray, n: int,
                  rng: np.random.Generator, cells: tuple[int, int] = (3, 3),
-                 min_digits: int = 2, max_digits: int = 4) -> dict[str, np.ndarray]:
+                 min_digits: int = 2, max_digits: int = 4,
+                 classes: tuple[int, ...] = tuple(range(10))) -> dict[str, np.ndarray]:
   """Place random digits from ``pool`` into ``n`` mosaics.
 
   Args:
@@ -162,6 +172,7 @@ def make_mosaics(images: np.ndarray, targets: np.ndarray, pool: np.ndarray, n: i
     rng: numpy Generator (the only source of randomness).
     cells: (rows, cols) of 8x8 cells.
     min_digits, max_digits: digits per mosaic, uniform over this inclusive range.
+    classes: the digit classes drawn from (uniformly, repeats allowed).
 
   Returns:
     image:        uint8 [n, rows*8, cols*8]
@@ -182,7 +193,7 @@ def make_mosaics(images: np.ndarray, targets: np.ndarray, pool: np.ndarray, n: i
   order = np.argsort(rng.random((n, num_cells)), axis=1)
   occupied = np.zeros((n, num_cells), bool)
   np.put_along_axis(occupied, order, np.arange(num_cells)[None, :] < counts[:, None], axis=1)
-  classes = rng.integers(0, NUM_CLASSES, size=(n, num_cells))
+  classes = np.asarray(classes, np.int64)[rng.integers(0, len(classes), size=(n, num_cells))]
   source = np.full((n, num_cells), -1, np.int64)
   for digit in range(NUM_CLASSES):
     mask = occupied & (classes == digit)
@@ -245,8 +256,9 @@ def generate_split(images: np.ndarray, targets: np.ndarray, params: MosaicParams
   pool = split_pools(len(images), params.seed)[split]
   n = params.num_examples(split)
   rng = np.random.default_rng([params.seed, 1 + SPLITS.index(split)])
+  classes = params.train_classes if split == "train" else tuple(range(NUM_CLASSES))
   out = make_mosaics(images, targets, pool, n, rng, params.cells, params.min_digits,
-                     params.max_digits)
+                     params.max_digits, classes)
   features = region_features(out["image"], params.patch)
   if not np.all(np.isfinite(features)):
     raise ValueError(f"digits_mosaic {split}: non-finite region features")
@@ -366,7 +378,8 @@ def _int_field(data_config, name: str, default: int) -> int:
 
 def params_from_config(data_config) -> MosaicParams:
   """``MosaicParams`` from a ConfigDict (fields seed, num_train, num_test, cells, patch,
-  min_digits, max_digits; missing ones take the defaults)."""
+  min_digits, max_digits; missing ones take the defaults). With
+  ``data.train_without_unseen=True`` the train mosaics hold no digit of ``data.unseen_labels``."""
   d = MosaicParams()
   cells = data_config.get("cells", d.cells)
   if isinstance(cells, (int, np.integer)):
@@ -381,7 +394,15 @@ def params_from_config(data_config) -> MosaicParams:
       patch=_int_field(data_config, "patch", d.patch),
       min_digits=_int_field(data_config, "min_digits", d.min_digits),
       max_digits=_int_field(data_config, "max_digits", d.max_digits),
+      train_classes=_train_classes(data_config),
   ).validate()
+
+
+def _train_classes(data_config) -> tuple[int, ...]:
+  if not data_config.get("train_without_unseen", False):
+    return tuple(range(NUM_CLASSES))
+  unseen = set(data_config.get("unseen_labels", ()))
+  return tuple(c for c in range(NUM_CLASSES) if c not in unseen)
 
 
 def meta_from_builder(builder: DigitsMosaic) -> DatasetMeta:
