@@ -20,11 +20,15 @@ def get_config(arg: str | None = None):
   c = base_config()
   c.data.name = "digits_mosaic"
   c.data.embedding = "attributes"
-  c.data.seen_labels = [0, 1, 2, 5, 7, 8, 9]
-  c.data.unseen_labels = [3, 4, 6]
+  c.data.seen_labels = (0, 1, 2, 5, 7, 8, 9)
+  c.data.unseen_labels = (3, 4, 6)
   c.data.seed = 0
   c.data.num_train = 6000
   c.data.num_test = 2000
+  c.data.cells = (3, 3)  # mosaic of 3x3 cells of 8x8 pixels
+  c.data.patch = 4  # 4x4-pixel regions: a 6x6 grid, each digit spans 2x2 regions
+  c.data.min_digits = 2
+  c.data.max_digits = 4
   # Classic zero-shot protocol: no unseen digit appears in any training mosaic.
   c.data.train_without_unseen = True
 

@@ -18,8 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = ""
   c.data.data_dir = ""  # '' = the dataset's default location
   c.data.embedding = ""  # label-embedding source stored with the dataset
-  c.data.seen_labels = [0]  # label ids used for training
-  c.data.unseen_labels = [0]  # label ids never seen in training (ZSL)
+  c.data.seen_labels = (0,)  # label ids used for training
+  c.data.unseen_labels = (0,)  # label ids never seen in training (ZSL)
   c.data.train_split = "train"
   c.data.test_split = "test"
 
@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh.model = 1
   # (regex on a parameter path like 'stem/conv/kernel', axis name per trailing dimension).
   # Default: the output dimension of every kernel and bias over 'model' (column split).
-  c.mesh.partition_rules = [(r".*/kernel", ("model",)), (r".*/bias", ("model",))]
+  c.mesh.partition_rules = ((r".*/kernel", ("model",)), (r".*/bias", ("model",)))
   return c
 
 

@@ -67,8 +67,12 @@ def test_attribute_table_and_embeddings():
   emb = attributes.attribute_embeddings()
   assert emb.shape == table.shape and emb.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-6)
+  np.testing.assert_allclose(emb * np.linalg.norm(table, axis=1, keepdims=True), table,
+                             atol=1e-6)
+  centred = attributes.centred_attribute_embeddings()
+  np.testing.assert_allclose(np.linalg.norm(centred, axis=1), 1.0, atol=1e-6)
   # Centred: every pair of distinct digits is less similar than a digit with itself.
-  sims = emb @ emb.T
+  sims = centred @ centred.T
   assert np.all(sims[~np.eye(10, dtype=bool)] < 0.99)
 
 

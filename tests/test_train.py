@@ -17,8 +17,8 @@ def tiny_config():
   c = base_config()
   c.data.name = "none"
   c.data.embedding = "random"
-  c.data.seen_labels = list(range(7))
-  c.data.unseen_labels = [7, 8, 9]
+  c.data.seen_labels = tuple(range(7))
+  c.data.unseen_labels = (7, 8, 9)
   c.model.channels = 8
   c.model.heads = 2
   c.model.out_dim = 8
@@ -106,10 +106,10 @@ def test_warmup_cosine_schedule_per_epoch():
 def test_label_split_errors_name_the_field():
   meta = tiny_meta()
   c = tiny_config()
-  c.data.unseen_labels = [7, 8, 12]
+  c.data.unseen_labels = (7, 8, 12)
   with pytest.raises(ValueError, match=r"data.unseen_labels: label ids \[12\] out of range"):
     train.label_split(c, meta)
-  c.data.unseen_labels = [6, 7]
+  c.data.unseen_labels = (6, 7)
   with pytest.raises(ValueError, match="share ids"):
     train.label_split(c, meta)
 

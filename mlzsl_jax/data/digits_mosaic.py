@@ -286,7 +286,9 @@ def static_metadata(params: MosaicParams) -> dict:
       "min_digits": params.min_digits,
       "max_digits": params.max_digits,
       "num_examples": {"train": params.num_train, "test": params.num_test},
-      "embeddings": {"attributes": attributes.attribute_embeddings().tolist()},
+      "embeddings": {
+          "attributes": attributes.attribute_embeddings().tolist(),
+          "attributes_centred": attributes.centred_attribute_embeddings().tolist()},
       "provenance": (
           "features: 4x4-style pixel patches of mosaics of scikit-learn load_digits images "
           "(1,797 8x8 digits, 70/30 seeded pool split); labels: digits placed; embeddings: "
@@ -312,8 +314,10 @@ def make_builder_config(params: MosaicParams) -> DigitsMosaicConfig:
 class DigitsMosaic(tfds.core.GeneratorBasedBuilder):
   """tfds builder over ``generate_split``; see the module docstring."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "'attributes' = raw 0/1 rows L2-normalised; the centred variant "
+                            "is 'attributes_centred'."}
   BUILDER_CONFIGS = [make_builder_config(MosaicParams())]
 
   @tfds.core.utils.classproperty
