@@ -67,6 +67,12 @@ def flatten(result: dict) -> dict[str, float]:
   return {f"{view}/{k}": v for view in ("zsl", "gzsl") for k, v in result[view].items()}
 
 
+SCENE_SOURCES = {
+    "dataset": "scene feature stored with the dataset",
+    "mean_region": "scene feature substitute: learned projection of the mean region feature",
+}
+
+
 def report(result: dict, config, workdir: str, step: int) -> str:
   """Prints the table (process 0) and writes ``results.json`` into ``workdir``."""
   table = metrics.format_table(result, result["chance"], tuple(config.eval.ks))
@@ -74,7 +80,8 @@ def report(result: dict, config, workdir: str, step: int) -> str:
     print(f"\n{config.model.name} on {config.data.name} ({config.data.test_split}, "
           f"{result['num_images']} images; ZSL = {len(config.data.unseen_labels)} unseen "
           f"labels, GZSL = {len(config.data.seen_labels) + len(config.data.unseen_labels)} "
-          f"labels), step {step}:\n{table}\n", flush=True)
+          f"labels), step {step}; {SCENE_SOURCES.get(config.model.scene_source, '')}; "
+          f"label embeddings: {config.data.embedding!r}\n{table}\n", flush=True)
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump({"step": step, "config": json.loads(config.to_json_best_effort()),
                  **{k: result[k] for k in ("zsl", "gzsl", "chance", "num_images")},

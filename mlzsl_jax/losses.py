@@ -7,22 +7,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-_LOSSES: dict[str, Callable] = {}
+from mlzsl_jax.registry import Registry
 
-
-def register_loss(name: str):
-  """Decorator: ``loss(outputs: dict, states [B, L], config) -> (scalar, aux dict)``."""
-  def wrap(fn):
-    _LOSSES[name] = fn
-    return fn
-  return wrap
-
-
-def get_loss(name: str) -> Callable:
-  if name not in _LOSSES:
-    raise ValueError(f"config field loss.name={name!r}: unknown loss; "
-                     f"registered: {sorted(_LOSSES)}")
-  return _LOSSES[name]
+LOSSES: Registry[Callable] = Registry("loss", "loss.name")
+# A loss is ``loss(outputs: dict, states [B, L], loss_config) -> (scalar, aux dict)``.
+register_loss = LOSSES.register
+get_loss = LOSSES.get
 
 
 def ranking_loss(scores: jax.Array, states: jax.Array, eps: float = 1e-8) -> jax.Array:

@@ -95,6 +95,16 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_parameters(tmp_path, dat
   res_res = json.loads((killed_dir / "results.json").read_text())
   assert res_ref["zsl"] == res_res["zsl"] and res_ref["gzsl"] == res_res["gzsl"]
 
+  # `evaluate` restores the last checkpoint and reproduces the end-of-training table.
+  cmd = cli(tmp_path / "ref", *overrides, data_dir=data_dir)
+  cmd[cmd.index("train")] = "evaluate"
+  (tmp_path / "ref" / "results.json").unlink()
+  ev = run(cmd)
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  assert "\nZSL " in ev.stdout and "GZSL (chance)" in ev.stdout
+  res_ev = json.loads((tmp_path / "ref" / "results.json").read_text())
+  assert res_ev["zsl"] == res_ref["zsl"] and res_ev["step"] == res_ref["step"]
+
 
 def jax_leaves(tree):
   import jax

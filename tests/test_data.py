@@ -210,7 +210,7 @@ def test_tfds_metadata(digits_source, digits_dir):
   assert stored["attribute_names"] == list(attributes.attribute_names())
   assert stored["seed"] == 3 and stored["grid_shape"] == [6, 6] and stored["feature_dim"] == 16
   assert stored["pool_sizes"] == {"train": 1258, "test": 539}
-  assert (digits_dir / "digits_mosaic" / "s3_n200-100_c3x3_p4_d2-4" / "1.0.0" /
+  assert (digits_dir / "digits_mosaic" / "s3_n200-100_c3x3_p4_d2-4" / dm.DATA_VERSION /
           "metadata.json").exists()
 
 

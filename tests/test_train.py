@@ -134,3 +134,18 @@ def test_missing_embedding_source_is_a_clear_error():
   c.data.embedding = "glove"
   with pytest.raises(ValueError, match="no label embedding source 'glove'"):
     train.Trainer(c, tiny_meta(), shd.make_mesh(devices=jax.devices()[:1]), 1)
+
+
+def test_unknown_names_in_registries_name_the_config_field():
+  from mlzsl_jax import losses
+  from mlzsl_jax.data.source import get_dataset
+  from mlzsl_jax.models import get_model_builder
+  with pytest.raises(ValueError, match=r"model.name='biamm': unknown model; registered: "
+                                       r"\['biam'\]"):
+    get_model_builder("biamm")
+  with pytest.raises(ValueError, match="loss.name='rank': unknown loss"):
+    losses.get_loss("rank")
+  c = tiny_config()
+  c.data.name = "nus_wide_typo"
+  with pytest.raises(ValueError, match="data.name='nus_wide_typo': unknown dataset"):
+    get_dataset(c.data)

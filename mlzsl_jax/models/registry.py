@@ -10,28 +10,18 @@ from __future__ import annotations
 
 from typing import Callable
 
-_MODELS: dict[str, Callable] = {}
+from mlzsl_jax.registry import Registry
 
-
-def register_model(name: str):
-  """Decorator registering a model constructor under ``name``."""
-  def wrap(build):
-    if name in _MODELS:
-      raise ValueError(f"model {name!r} registered twice")
-    _MODELS[name] = build
-    return build
-  return wrap
+MODELS: Registry[Callable] = Registry("model", "model.name")
+register_model = MODELS.register
 
 
 def get_model_builder(name: str) -> Callable:
   """The constructor registered as ``name`` (config field model.name)."""
   import mlzsl_jax.models  # noqa: F401  (registers the built-in models)
-  if name not in _MODELS:
-    raise ValueError(f"config field model.name={name!r}: unknown model; "
-                     f"registered: {sorted(_MODELS)}")
-  return _MODELS[name]
+  return MODELS.get(name)
 
 
 def registered_models() -> list[str]:
   import mlzsl_jax.models  # noqa: F401
-  return sorted(_MODELS)
+  return MODELS.names()
