@@ -8,7 +8,6 @@ end, and returns the final metrics.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import tempfile
@@ -28,7 +27,7 @@ from flax import nnx
 from mlzsl_jax import losses
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data import pipeline
-from mlzsl_jax.data.source import DatasetMeta, DatasetSource, get_dataset
+from mlzsl_jax.data.source import DatasetMeta, get_dataset
 from mlzsl_jax.models import get_model_builder
 
 
@@ -154,7 +153,7 @@ class Trainer:
                                             self.repl),
                               out_shardings=(self.state_shardings, self.repl),
                               donate_argnums=0)
-    self.predict = jax.jit(self._predict, static_argnames=())
+    self.predict = jax.jit(self._predict)
 
   def _fresh_state(self, params, model_state) -> TrainState:
     return TrainState(step=jnp.zeros([], jnp.int32), params=params, model_state=model_state,

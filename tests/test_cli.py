@@ -5,7 +5,6 @@ from conftest) on the tiny 'smoke' variant of the digits demo.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys

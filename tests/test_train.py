@@ -2,6 +2,7 @@
 schedule semantics; config and workdir errors."""
 
 import math
+import os
 
 import jax
 import numpy as np
@@ -119,7 +120,7 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
   locked.mkdir()
   locked.chmod(0o500)
   try:
-    if __import__("os").access(locked, __import__("os").W_OK):  # running as root
+    if os.access(locked, os.W_OK):  # running as root: permissions do not bind
       target = "/proc/mlzsl_workdir"
     else:
       target = str(locked / "run")
