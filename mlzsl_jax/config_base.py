@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from mlzsl_jax.models import biam
+
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -17,31 +19,22 @@ def base_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   c.data.name = ""
   c.data.data_dir = ""  # '' = the dataset's default location
-  c.data.embedding = ""  # label-embedding source stored with the dataset
+  c.data.embedding = ""  # label-embedding source(s) stored with the dataset, comma-separated
   c.data.seen_labels = (0,)  # label ids used for training
   c.data.unseen_labels = (0,)  # label ids never seen in training (ZSL)
   c.data.train_split = "train"
   c.data.test_split = "test"
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "biam"
-  c.model.channels = 256
-  c.model.heads = 8
-  c.model.out_dim = 512
-  c.model.top_k = 6
-  c.model.mask_zero_scores = True
-  c.model.attn_dropout = 0.1
-  c.model.scene_dropout = 0.2
-  c.model.bn_momentum = 0.01  # flax convention: = 1 - torch's momentum 0.99
-  c.model.scene_source = "dataset"  # or 'mean_region'
+  c.model = biam.model_config()  # another model: c.model = <module>.model_config()
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "ranking"
 
   c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adam"  # 'adam' (torch Adam, L2 in the gradient) or 'rmsprop' (TF1)
   c.optimizer.lr = 1e-3
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
+  c.optimizer.b1 = 0.9  # adam beta1 / rmsprop momentum
+  c.optimizer.b2 = 0.999  # adam beta2 / rmsprop decay
   c.optimizer.eps = 1e-8
   c.optimizer.weight_decay = 5e-4  # L2 added to the gradient (torch Adam), not AdamW
   c.optimizer.schedule = "warmup_cosine"  # or 'constant'

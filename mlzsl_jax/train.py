@@ -29,6 +29,7 @@ from mlzsl_jax import sharding as shd
 from mlzsl_jax.data import pipeline
 from mlzsl_jax.data.source import DatasetMeta, get_dataset
 from mlzsl_jax.models import get_model_builder
+from mlzsl_jax.registry import Registry
 
 
 @flax.struct.dataclass
@@ -87,11 +88,29 @@ def compute_dtype(config) -> Any:
                      "(e.g. 'float32', 'bfloat16')") from e
 
 
+def label_inputs(config, meta: DatasetMeta):
+  """What the model is told about every label: the embedding source named by
+  ``config.data.embedding`` as an array [labels, dim], or, for a comma-separated list of
+  sources (multi-modal models), a dict source -> [labels, dim_source]."""
+  sources = [s.strip() for s in config.data.embedding.split(",") if s.strip()]
+  if not sources:
+    raise ValueError("config field data.embedding is empty; name a label-embedding source")
+  arrays = {s: np.asarray(meta.embedding(s)) for s in sources}
+  return arrays[sources[0]] if len(sources) == 1 else arrays
+
+
+def label_dims(inputs) -> int | dict[str, int]:
+  """Per-label input width(s) of ``label_inputs``: an int, or a dict per source."""
+  if isinstance(inputs, dict):
+    return {k: int(v.shape[1]) for k, v in inputs.items()}
+  return int(inputs.shape[1])
+
+
 def build_model(config, meta: DatasetMeta, seed: int):
   """(graphdef, params, model_state) of the configured model; the dicts are pure pytrees."""
-  emb = meta.embedding(config.data.embedding)
   build = get_model_builder(config.model.name)
-  model = build(config.model, feature_dim=meta.feature_dim, emb_dim=emb.shape[1],
+  model = build(config.model, feature_dim=meta.feature_dim,
+                emb_dim=label_dims(label_inputs(config, meta)),
                 grid_shape=meta.grid_shape, scene_dim=meta.scene_dim,
                 dtype=compute_dtype(config), rngs=nnx.Rngs(params=seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -121,11 +140,30 @@ def lr_schedule(opt_cfg, steps_per_epoch: int, num_epochs: int) -> Callable[[Any
   return schedule
 
 
-def make_optimizer(opt_cfg, schedule) -> optax.GradientTransformation:
-  """torch.optim.Adam with weight_decay: L2 term added to the gradient before Adam."""
+OPTIMIZERS: Registry[Callable] = Registry("optimizer", "optimizer.name")
+
+
+@OPTIMIZERS.register("adam")
+def _adam(opt_cfg, schedule) -> optax.GradientTransformation:
+  """torch.optim.Adam with weight_decay: L2 term added to the gradient before Adam (BiAM)."""
   return optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay),
                      optax.scale_by_adam(opt_cfg.b1, opt_cfg.b2, opt_cfg.eps),
                      optax.scale_by_learning_rate(schedule))
+
+
+@OPTIMIZERS.register("rmsprop")
+def _rmsprop(opt_cfg, schedule) -> optax.GradientTransformation:
+  """TF1 RMSPropOptimizer (LESA): decay b2, momentum b1, eps inside the sqrt, mean-square
+  accumulator started at 1; weight_decay as an L2 term added to the gradient."""
+  return optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay),
+                     optax.rmsprop(schedule, decay=opt_cfg.b2, eps=opt_cfg.eps,
+                                   initial_scale=1.0, eps_in_sqrt=True,
+                                   momentum=opt_cfg.b1))
+
+
+def make_optimizer(opt_cfg, schedule) -> optax.GradientTransformation:
+  """The optimizer named ``optimizer.name`` with learning-rate ``schedule``."""
+  return OPTIMIZERS.get(opt_cfg.name)(opt_cfg, schedule)
 
 
 class Trainer:
@@ -134,10 +172,11 @@ class Trainer:
   def __init__(self, config, meta: DatasetMeta, mesh, steps_per_epoch: int):
     self.config, self.meta, self.mesh = config, meta, mesh
     self.split = label_split(config, meta)
-    emb = np.asarray(meta.embedding(config.data.embedding), np.float32)
-    self.emb_seen = emb[list(self.split.seen)]
-    self.emb_unseen = emb[list(self.split.unseen)]
-    self.emb_gzsl = emb[list(self.split.seen + self.split.unseen)]
+    inputs = label_inputs(config, meta)
+    rows = lambda ids: jax.tree.map(lambda a: a[list(ids)], inputs)  # noqa: E731
+    self.emb_seen = rows(self.split.seen)
+    self.emb_unseen = rows(self.split.unseen)
+    self.emb_gzsl = rows(self.split.seen + self.split.unseen)
     self.schedule = lr_schedule(config.optimizer, steps_per_epoch, config.train.num_epochs)
     self.tx = make_optimizer(config.optimizer, self.schedule)
     self.loss_fn = losses.get_loss(config.loss.name)
@@ -177,6 +216,9 @@ class Trainer:
       out = model(batch["features"], label_emb, batch.get("scene"), train=True,
                   rngs=nnx.Rngs(dropout=key))
       loss, aux = self.loss_fn(out, batch["labels"], self.config.loss)
+      if "regularizer" in out:  # e.g. weight decay written into the model's objective
+        aux = {**aux, "regularizer": out["regularizer"]}
+        loss = loss + out["regularizer"]
       _, _, new_model_state = nnx.split(model, nnx.Param, ...)
       return loss, (aux, nnx.to_pure_dict(new_model_state))
 

@@ -80,7 +80,7 @@ def test_model_axis_really_shards_parameters():
 
 def test_optimizer_is_adam_with_l2_added_to_the_gradient():
   c = tiny_config().optimizer
-  tx = train.make_optimizer(c, lambda step: c.lr)
+  tx = train.make_optimizer(c, lambda step: c.lr)  # optimizer.name = "adam"
   p = {"w": np.array([1.0, -2.0, 0.5])}
   g = {"w": np.array([0.3, 0.1, -0.2])}
   state = tx.init(p)

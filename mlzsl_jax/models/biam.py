@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
 from mlzsl_jax.models import layers
@@ -159,6 +160,22 @@ class BiAM(nnx.Module):
     region = self.region_scores(feats, label_emb, scene, train=train, rngs=rngs)
     top = jax.lax.top_k(jnp.swapaxes(region, 1, 2).astype(jnp.float32), self.top_k)[0]
     return {"scores": top.mean(axis=-1), "region_scores": region}
+
+
+def model_config() -> ml_collections.ConfigDict:
+  """Defaults of ``config.model`` for BiAM (NUS-WIDE values of the official code)."""
+  c = ml_collections.ConfigDict()
+  c.name = "biam"
+  c.channels = 256
+  c.heads = 8  # 16 for Open Images
+  c.out_dim = 512
+  c.top_k = 6
+  c.mask_zero_scores = True  # official quirk: attention scores exactly 0 become -1e9
+  c.attn_dropout = 0.1
+  c.scene_dropout = 0.2
+  c.bn_momentum = 1.0 - TORCH_BN_MOMENTUM  # flax convention for torch's momentum 0.99
+  c.scene_source = "dataset"  # or 'mean_region' (learned projection of the mean region)
+  return c
 
 
 @register_model("biam")

@@ -1,9 +1,16 @@
 """Model registry: name -> constructor. The trainer never branches on model names.
 
-A constructor is ``build(model_config, *, feature_dim, emb_dim, grid_shape, scene_dim, dtype,
-rngs) -> nnx.Module``; the module is called as
-``model(feats [B, R, C], label_emb [L, E], scene [B, S] | None, *, train, rngs)`` and returns
-a dict with at least ``'scores'`` [B, L].
+The contract every model keeps:
+- constructor ``build(model_config, *, feature_dim, emb_dim, grid_shape, scene_dim, dtype,
+  rngs) -> nnx.Module``, registered with ``@register_model(name)``; ``emb_dim`` is an int, or
+  a dict source -> int when ``config.data.embedding`` lists several sources;
+- call ``model(feats [B, R, C], label_emb, scene [B, S] | None, *, train: bool,
+  rngs: nnx.Rngs | None) -> dict`` where ``label_emb`` is [L, E] (or a dict source -> [L, E_s])
+  and the dict holds at least ``'scores'`` [B, L] (higher = more likely), plus whatever the
+  model's loss needs; an optional scalar ``'regularizer'`` is added to the loss by the trainer;
+- the model's module also exposes ``model_config()`` (its ``config.model`` defaults, with
+  ``name``) and, if it has its own loss, registers it (``losses.register_loss``) and exposes
+  ``loss_config()`` (``config.loss`` defaults, with ``name``).
 """
 
 from __future__ import annotations
