@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 RUN := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench compare clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -21,6 +21,9 @@ demo: setup
 
 test: setup
 	$(RUN) -m pytest -q tests
+
+compare: setup
+	$(RUN) scripts/compare_models.py
 
 bench: setup
 	$(RUN) benchmarks/train_throughput.py

@@ -53,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.prefetch = 2
 
   c.eval = ml_collections.ConfigDict()
+  c.eval.protocol = "multilabel"  # or 'single_label' (per-class top-1, GZSL H; DEM's benchmarks)
   c.eval.batch_size = 256
   c.eval.ks = (3, 5)
   c.eval.exclude_images_without_positive = False

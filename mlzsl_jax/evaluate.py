@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Callable
 
 import jax
 import ml_collections
@@ -16,6 +17,7 @@ from mlzsl_jax import metrics
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data import pipeline
 from mlzsl_jax.data.source import DatasetSource, get_dataset
+from mlzsl_jax.registry import Registry
 
 
 def collect_scores(trainer, source: DatasetSource, state, config
@@ -44,12 +46,16 @@ def collect_scores(trainer, source: DatasetSource, state, config
   return np.concatenate(zsl), np.concatenate(gzsl), np.concatenate(labels)
 
 
-def evaluate_state(trainer, source: DatasetSource, state, config) -> dict:
-  """{'zsl': view, 'gzsl': view, 'chance': {'zsl', 'gzsl'}, 'num_images': N}."""
-  t0 = time.perf_counter()
-  zsl_scores, gzsl_scores, labels = collect_scores(trainer, source, state, config)
-  s, u = len(trainer.split.seen), len(trainer.split.unseen)
-  seen_cols, unseen_cols = range(s), range(s, s + u)
+PROTOCOLS: Registry[Callable] = Registry("evaluation protocol", "eval.protocol")
+# A protocol: (zsl_scores [N, U], gzsl_scores [N, S+U], labels [N, S+U], num_seen, config)
+#   -> (result dict with 'zsl', 'gzsl' and 'chance' views, table text).
+
+
+@PROTOCOLS.register("multilabel")
+def _multilabel(zsl_scores, gzsl_scores, labels, num_seen: int, config) -> tuple[dict, str]:
+  """spec/metrics.md multi-label protocol: mAP and P/R/F1@K, ZSL and GZSL, chance level."""
+  seen_cols = range(num_seen)
+  unseen_cols = range(num_seen, labels.shape[1])
   ks = tuple(config.eval.ks)
   exclude = config.eval.exclude_images_without_positive
   result = metrics.evaluate_multilabel(gzsl_scores, labels, seen_cols, unseen_cols, ks,
@@ -57,6 +63,36 @@ def evaluate_state(trainer, source: DatasetSource, state, config) -> dict:
   result["chance"] = metrics.chance_level(labels, seen_cols, unseen_cols, ks,
                                           seeds=tuple(range(config.eval.chance_seeds)),
                                           exclude_images_without_positive=exclude)
+  return result, metrics.format_table(result, result["chance"], ks)
+
+
+@PROTOCOLS.register("single_label")
+def _single_label(zsl_scores, gzsl_scores, labels, num_seen: int, config) -> tuple[dict, str]:
+  """Single-label ZSL / GZSL (per-class top-1, harmonic mean), chance level, hubness."""
+  true = metrics.single_label_classes(labels)
+  result = metrics.evaluate_single_label(zsl_scores, gzsl_scores, true, num_seen)
+  runs = []
+  for seed in range(config.eval.chance_seeds):
+    rng = np.random.default_rng(seed)
+    runs.append(metrics.evaluate_single_label(rng.random(zsl_scores.shape),
+                                              rng.random(gzsl_scores.shape), true, num_seen))
+  result["chance"] = {view: {k: float(np.mean([r[view][k] for r in runs])) for k in runs[0][view]}
+                      for view in ("zsl", "gzsl")}
+  unseen_imgs = true >= num_seen
+  result["zsl"]["hubness_skew"] = metrics.hubness_skewness(zsl_scores[unseen_imgs])
+  table = metrics.format_single_label_table(result, result["chance"])
+  table += (f"\nHubness (skewness of the 1-occurrence distribution over unseen prototypes): "
+            f"{result['zsl']['hubness_skew']:.2f}")
+  return result, table
+
+
+def evaluate_state(trainer, source: DatasetSource, state, config) -> dict:
+  """{'zsl': view, 'gzsl': view, 'chance': {'zsl', 'gzsl'}, 'num_images', 'table', ...}."""
+  t0 = time.perf_counter()
+  zsl_scores, gzsl_scores, labels = collect_scores(trainer, source, state, config)
+  protocol = PROTOCOLS.get(config.eval.protocol)
+  result, table = protocol(zsl_scores, gzsl_scores, labels, len(trainer.split.seen), config)
+  result["table"] = table
   result["num_images"] = int(len(labels))
   result["eval_seconds"] = time.perf_counter() - t0
   return result
@@ -75,17 +111,19 @@ SCENE_SOURCES = {
 
 def report(result: dict, config, workdir: str, step: int) -> str:
   """Prints the table (process 0) and writes ``results.json`` into ``workdir``."""
-  table = metrics.format_table(result, result["chance"], tuple(config.eval.ks))
+  table = result["table"]
+  scene = SCENE_SOURCES.get(config.model.get("scene_source", ""), "")
   if jax.process_index() == 0:
     print(f"\n{config.model.name} on {config.data.name} ({config.data.test_split}, "
           f"{result['num_images']} images; ZSL = {len(config.data.unseen_labels)} unseen "
           f"labels, GZSL = {len(config.data.seen_labels) + len(config.data.unseen_labels)} "
-          f"labels), step {step}; {SCENE_SOURCES.get(config.model.scene_source, '')}; "
+          f"labels), step {step}; {scene + '; ' if scene else ''}"
           f"label embeddings: {config.data.embedding!r}\n{table}\n", flush=True)
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump({"step": step, "config": json.loads(config.to_json_best_effort()),
                  **{k: result[k] for k in ("zsl", "gzsl", "chance", "num_images")},
-                 "eval_seconds": result["eval_seconds"]}, f, indent=2)
+                 "protocol": config.eval.protocol, "eval_seconds": result["eval_seconds"]},
+                f, indent=2)
   return table
 
 

@@ -480,3 +480,77 @@ def gzsl_harmonic(acc_seen: float, acc_unseen: float) -> float:
   """
   total = acc_seen + acc_unseen
   return float(2 * acc_seen * acc_unseen / total) if total > 0 else 0.0
+
+
+def single_label_classes(labels: np.ndarray) -> np.ndarray:
+  """True class per image from one-hot states: [images, classes] (one 1 per row) -> [images]."""
+  labels = _check_labels(labels)
+  counts = (labels == 1).sum(axis=1)
+  if np.any(counts != 1):
+    bad = np.where(counts != 1)[0]
+    raise ValueError(f"labels: single-label evaluation expects exactly one positive per image; "
+                     f"got {counts[bad[0]]} in image {bad[0]} ({bad.size} such images)")
+  return np.argmax(labels == 1, axis=1)
+
+
+def evaluate_single_label(zsl_scores: np.ndarray, gzsl_scores: np.ndarray, true: np.ndarray,
+                          num_seen: int) -> dict[str, dict[str, float]]:
+  """Single-label ZSL / GZSL (DEM's benchmarks; GBU protocol).
+
+  Args:
+    zsl_scores: [images, unseen] scores among the unseen classes only.
+    gzsl_scores: [images, seen + unseen] scores among all classes, seen first.
+    true: [images] true class in the GZSL column order.
+    num_seen: number of seen classes (columns ``0..num_seen-1`` of ``gzsl_scores``).
+
+  Returns:
+    {"zsl": {"top1"}, "gzsl": {"acc_seen", "acc_unseen", "h"}}: ZSL = per-class top-1 over
+    the unseen classes on the images of unseen classes, predicting among unseen classes only;
+    GZSL = per-class top-1 among all classes on seen-class and unseen-class images, and their
+    harmonic mean. Fractions in [0, 1].
+  """
+  gzsl_scores = _check_scores(_as_2d("gzsl_scores", gzsl_scores))
+  zsl_scores = _check_scores(_as_2d("zsl_scores", zsl_scores))
+  true = np.asarray(true)
+  num_all = gzsl_scores.shape[1]
+  if zsl_scores.shape != (gzsl_scores.shape[0], num_all - num_seen) or true.shape != (
+      gzsl_scores.shape[0],):
+    raise ValueError(f"zsl_scores must be [images, {num_all - num_seen}] and true [images]; "
+                     f"got zsl_scores {zsl_scores.shape}, true {true.shape}")
+  unseen_imgs = true >= num_seen
+  seen_classes = np.unique(true[~unseen_imgs])
+  unseen_classes = np.unique(true[unseen_imgs])
+  zsl_pred = np.argmax(zsl_scores[unseen_imgs], axis=1) + num_seen
+  top1 = per_class_top1(zsl_pred, true[unseen_imgs], unseen_classes)
+  gzsl_pred = np.argmax(gzsl_scores, axis=1)
+  acc_u = per_class_top1(gzsl_pred[unseen_imgs], true[unseen_imgs], unseen_classes)
+  acc_s = (per_class_top1(gzsl_pred[~unseen_imgs], true[~unseen_imgs], seen_classes)
+           if seen_classes.size else float("nan"))
+  return {"zsl": {"top1": top1},
+          "gzsl": {"acc_seen": acc_s, "acc_unseen": acc_u, "h": gzsl_harmonic(acc_s, acc_u)}}
+
+
+def hubness_skewness(scores: np.ndarray) -> float:
+  """Skewness of the 1-occurrence distribution: for each class (column), the number of images
+  (rows) whose highest score it has; a large positive skew means a few "hub" prototypes are
+  everybody's nearest neighbour. scores: [images, classes]."""
+  scores = _check_scores(_as_2d("scores", scores))
+  counts = np.bincount(np.argmax(scores, axis=1), minlength=scores.shape[1]).astype(np.float64)
+  centred = counts - counts.mean()
+  var = np.mean(centred ** 2)
+  return float(np.mean(centred ** 3) / var ** 1.5) if var > 0 else 0.0
+
+
+def format_single_label_table(results: Mapping[str, Mapping[str, float]],
+                              chance: Mapping[str, Mapping[str, float]] | None) -> str:
+  """Text table of ``evaluate_single_label`` results (x100): ZSL top-1 | GZSL u, s, H."""
+  header = f"{'Setting':<10}  {'ZSL T1':>6}  {'GZSL u':>6}  {'GZSL s':>6}  {'H':>6}"
+  rows = [("model", results)] + ([("chance", chance)] if chance is not None else [])
+  lines = [header, "-" * len(header)]
+  for name, r in rows:
+    cells = [r["zsl"]["top1"], r["gzsl"]["acc_unseen"], r["gzsl"]["acc_seen"], r["gzsl"]["h"]]
+    lines.append(f"{name:<10}  " + "  ".join(f"{_cell(v):>6}" for v in cells))
+  lines.append("Per-class mean top-1 (x100). ZSL: among unseen classes on unseen-class images; "
+               "GZSL: among all classes, u = unseen-class images, s = seen-class images, "
+               "H = harmonic mean.")
+  return "\n".join(lines)

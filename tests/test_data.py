@@ -205,7 +205,15 @@ def test_tfds_metadata(digits_source, digits_dir):
   np.testing.assert_allclose(emb, attributes.attribute_embeddings(), atol=1e-7)
   for source, matrix in meta.embeddings.items():
     assert matrix.shape[0] == 10, source
+    if source == "description_tokens":  # word ids, right-padded with 0
+      vocab = digits_source.builder.info.metadata["description_vocab"]
+      for row, text in zip(matrix.astype(int), attributes.DESCRIPTIONS):
+        assert [vocab[i - 1] for i in row if i] == text.split()
+        assert (row[len(text.split()):] == 0).all()
+      continue
     np.testing.assert_allclose(np.linalg.norm(matrix, axis=1), 1.0, atol=1e-5)
+  np.testing.assert_allclose(meta.embedding("seven_segment")[8], np.full(7, 7 ** -0.5),
+                             atol=1e-6)  # 8 lights every segment
   stored = digits_source.builder.info.metadata
   assert stored["attribute_names"] == list(attributes.attribute_names())
   assert stored["seed"] == 3 and stored["grid_shape"] == [6, 6] and stored["feature_dim"] == 16

@@ -317,3 +317,55 @@ def test_separate_zsl_scores_replace_the_sliced_columns():
   with pytest.raises(ValueError, match="same shape"):
     metrics.evaluate_multilabel(scores, labels, seen, unseen, ks=(1, 2),
                                 zsl_scores=rng.normal(size=(40, 2)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_single_label_zsl_gzsl_against_loop_reference(seed):
+  rng = np.random.default_rng(seed)
+  num_seen, num_unseen, n = 4, 3, 60
+  true = rng.integers(0, num_seen + num_unseen, size=n)
+  true[:num_seen + num_unseen] = np.arange(num_seen + num_unseen)  # every class present
+  gzsl = rng.normal(size=(n, num_seen + num_unseen))
+  zsl = rng.normal(size=(n, num_unseen))
+  labels = -np.ones((n, num_seen + num_unseen), np.int8)
+  labels[np.arange(n), true] = 1
+  np.testing.assert_array_equal(metrics.single_label_classes(labels), true)
+  got = metrics.evaluate_single_label(zsl, gzsl, true, num_seen)
+
+  def per_class(pred_of, classes, images):
+    accs = []
+    for c in classes:
+      rows = [i for i in images if true[i] == c]
+      accs.append(sum(pred_of(i) == c for i in rows) / len(rows))
+    return sum(accs) / len(accs)
+
+  unseen_imgs = [i for i in range(n) if true[i] >= num_seen]
+  seen_imgs = [i for i in range(n) if true[i] < num_seen]
+  top1 = per_class(lambda i: num_seen + int(np.argmax(zsl[i])),
+                   range(num_seen, num_seen + num_unseen), unseen_imgs)
+  acc_u = per_class(lambda i: int(np.argmax(gzsl[i])), range(num_seen, num_seen + num_unseen),
+                    unseen_imgs)
+  acc_s = per_class(lambda i: int(np.argmax(gzsl[i])), range(num_seen), seen_imgs)
+  assert got["zsl"]["top1"] == pytest.approx(top1)
+  assert got["gzsl"]["acc_unseen"] == pytest.approx(acc_u)
+  assert got["gzsl"]["acc_seen"] == pytest.approx(acc_s)
+  h = 2 * acc_s * acc_u / (acc_s + acc_u) if acc_s + acc_u else 0.0
+  assert got["gzsl"]["h"] == pytest.approx(h)
+
+
+def test_hubness_skewness_matches_scipy():
+  from scipy.stats import skew
+  rng = np.random.default_rng(0)
+  scores = rng.normal(size=(200, 9))
+  scores[:, 2] += 1.0  # a hub
+  counts = [0] * 9
+  for row in scores:
+    counts[int(np.argmax(row))] += 1
+  assert metrics.hubness_skewness(scores) == pytest.approx(skew(counts), rel=1e-9)
+  assert metrics.hubness_skewness(scores) > 1.0
+
+
+def test_single_label_rejects_multi_label_rows():
+  labels = np.array([[1, 1, -1], [1, -1, -1]], np.int8)
+  with pytest.raises(ValueError, match="exactly one positive per image"):
+    metrics.single_label_classes(labels)

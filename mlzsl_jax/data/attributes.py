@@ -99,6 +99,51 @@ def centred_attribute_embeddings() -> np.ndarray:
   return l2_normalise_rows(table - table.mean(axis=0, keepdims=True))
 
 
+def segment_embeddings() -> np.ndarray:
+  """Class embeddings "seven_segment": the 7 segment columns only, rows L2-normalised,
+  float32 [10, 7] (one modality of the DEM fusion demo)."""
+  return l2_normalise_rows(digit_attribute_table()[:, :len(_SEGMENTS)])
+
+
+def stroke_embeddings() -> np.ndarray:
+  """Class embeddings "strokes": the 8 handwritten-stroke columns only, rows L2-normalised,
+  float32 [10, 8] (the other modality of the DEM fusion demo)."""
+  return l2_normalise_rows(digit_attribute_table()[:, len(_SEGMENTS):])
+
+
+# One short description per digit, written from how the digits look (not from results): the
+# input of DEM's text encoder.
+DESCRIPTIONS = (
+    "an oval closed loop with no straight stroke",
+    "a single straight vertical stroke with a small flag at the top",
+    "a curve at the top bending into a diagonal stroke and a flat line at the bottom",
+    "two open bowls stacked on the right side opening to the left",
+    "a diagonal stroke and a horizontal bar crossing a vertical stem",
+    "a flat top bar a short vertical stroke on the left and an open bowl at the bottom",
+    "a curved stroke from the top down into a closed loop at the bottom",
+    "a horizontal top bar with a long diagonal stroke down to the bottom left",
+    "two closed loops stacked one above the other crossing in the middle",
+    "a closed loop at the top with a straight tail going down",
+)
+
+
+def description_vocab() -> tuple[str, ...]:
+  """Sorted word list of ``DESCRIPTIONS``; token id = 1 + index (0 is padding)."""
+  return tuple(sorted({w for d in DESCRIPTIONS for w in d.split()}))
+
+
+def description_tokens() -> np.ndarray:
+  """Label source "description_tokens": token ids of each digit's description, right-padded
+  with 0, as float32 [10, max_words] (ids are exact in float32; models cast to int)."""
+  index = {w: i + 1 for i, w in enumerate(description_vocab())}
+  width = max(len(d.split()) for d in DESCRIPTIONS)
+  out = np.zeros((len(DESCRIPTIONS), width), np.float32)
+  for row, d in enumerate(DESCRIPTIONS):
+    ids = [index[w] for w in d.split()]
+    out[row, :len(ids)] = ids
+  return out
+
+
 def sentence_embeddings(label_names) -> np.ndarray | None:
   """Sentence embeddings of "the handwritten digit <name>", float32 [L, 384], L2-normalised.
 

