@@ -530,15 +530,30 @@ def evaluate_single_label(zsl_scores: np.ndarray, gzsl_scores: np.ndarray, true:
           "gzsl": {"acc_seen": acc_s, "acc_unseen": acc_u, "h": gzsl_harmonic(acc_s, acc_u)}}
 
 
-def hubness_skewness(scores: np.ndarray) -> float:
-  """Skewness of the 1-occurrence distribution: for each class (column), the number of images
-  (rows) whose highest score it has; a large positive skew means a few "hub" prototypes are
-  everybody's nearest neighbour. scores: [images, classes]."""
-  scores = _check_scores(_as_2d("scores", scores))
-  counts = np.bincount(np.argmax(scores, axis=1), minlength=scores.shape[1]).astype(np.float64)
+def hubness_skewness(scores, k: int = 1) -> float:
+  """Skewness of the k-occurrence distribution: the hubness diagnostic of the paper.
+
+  N_k(j) = how many images have prototype j among their k nearest (highest scores; ties go
+  to the lower index), over ALL L prototypes (zeros included); the result is the population
+  skewness E[(N - μ)³] / σ³ (``scipy.stats.skew`` with its default ``bias=True``); NaN when
+  every prototype has the same count (σ = 0), as scipy.
+
+  Args:
+    scores: [N, L] (higher = nearer), numpy or jax.
+    k: neighbours per image, 1 <= k <= L.
+  """
+  s = np.asarray(scores, np.float64)
+  if s.ndim != 2:
+    raise ValueError(f"scores: expected [images, labels], got shape {s.shape}")
+  if not 1 <= k <= s.shape[1]:
+    raise ValueError(f"k={k} must be in [1, {s.shape[1]}] (labels)")
+  nearest = np.argsort(-s, axis=1, kind="stable")[:, :k]
+  counts = np.bincount(nearest.ravel(), minlength=s.shape[1]).astype(np.float64)
   centred = counts - counts.mean()
   var = np.mean(centred ** 2)
-  return float(np.mean(centred ** 3) / var ** 1.5) if var > 0 else 0.0
+  if var == 0:
+    return math.nan
+  return float(np.mean(centred ** 3) / var ** 1.5)
 
 
 def format_single_label_table(results: Mapping[str, Mapping[str, float]],

@@ -353,18 +353,6 @@ def test_single_label_zsl_gzsl_against_loop_reference(seed):
   assert got["gzsl"]["h"] == pytest.approx(h)
 
 
-def test_hubness_skewness_matches_scipy():
-  from scipy.stats import skew
-  rng = np.random.default_rng(0)
-  scores = rng.normal(size=(200, 9))
-  scores[:, 2] += 1.0  # a hub
-  counts = [0] * 9
-  for row in scores:
-    counts[int(np.argmax(row))] += 1
-  assert metrics.hubness_skewness(scores) == pytest.approx(skew(counts), rel=1e-9)
-  assert metrics.hubness_skewness(scores) > 1.0
-
-
 def test_single_label_rejects_multi_label_rows():
   labels = np.array([[1, 1, -1], [1, -1, -1]], np.int8)
   with pytest.raises(ValueError, match="exactly one positive per image"):
