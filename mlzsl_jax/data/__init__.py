@@ -2,6 +2,7 @@
 
 from mlzsl_jax.data import digits_mosaic  # noqa: F401  (registers "digits_mosaic")
 from mlzsl_jax.data import synthetic  # noqa: F401  (registers "synthetic")
+from mlzsl_jax.data import xlsa17  # noqa: F401  (registers "xlsa17")
 from mlzsl_jax.data.source import DatasetMeta, DatasetSource, get_dataset, register_dataset
 
 __all__ = ["DatasetMeta", "DatasetSource", "get_dataset", "register_dataset"]
