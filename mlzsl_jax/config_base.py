@@ -51,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every_steps = 500
   c.train.keep_checkpoints = 3
   c.train.prefetch = 2
+  # SIGTERM: save at the next step boundary and exit 0; with several processes the flags are
+  # exchanged every N steps so all hosts stop at the same step.
+  c.train.preemption_check_every_steps = 1
+  c.train.profile_steps = (0, 0)  # (first, last) step to trace with jax.profiler; (0, 0) off
 
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "multilabel"  # or 'single_label' (per-class top-1, GZSL H; DEM's benchmarks)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import signal
 import tempfile
+import threading
 import time
 from typing import Any, Callable
 
@@ -23,6 +25,7 @@ import optax
 import orbax.checkpoint as ocp
 from clu import metric_writers
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from mlzsl_jax import losses
 from mlzsl_jax import sharding as shd
@@ -254,6 +257,66 @@ def restore_or_init(trainer: Trainer, mngr: ocp.CheckpointManager) -> TrainState
   return mngr.restore(latest, args=ocp.args.StandardRestore(trainer.abstract_state()))
 
 
+class PreemptionWatch:
+  """Turns SIGTERM into "stop at the next step boundary".
+
+  The handler only sets a flag; ``should_stop(step)`` is checked after each step. With
+  several processes, every ``check_every`` steps all processes exchange their flags (a tiny
+  all-gather), so all hosts stop at the same step and save the same checkpoint.
+  """
+
+  def __init__(self, check_every: int = 1):
+    self.check_every = max(int(check_every), 1)
+    self.flag = False
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+  def _on_sigterm(self, signum, frame):
+    self.flag = True
+
+  def should_stop(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.flag
+    if step % self.check_every:
+      return False
+    flags = multihost_utils.process_allgather(np.asarray([self.flag], np.int32))
+    return bool(np.any(flags))
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
+
+
+class ProfileWindow:
+  """Captures a ``jax.profiler`` trace of steps [first, last] (1-based, inclusive) into
+  ``logdir`` (view with TensorBoard's profile plugin or Perfetto); (0, 0) = off."""
+
+  def __init__(self, steps, logdir: str):
+    self.first, self.last = (int(steps[0]), int(steps[1])) if steps else (0, 0)
+    if self.first and self.last < self.first:
+      raise ValueError(f"config field train.profile_steps={tuple(steps)}: expected "
+                       "(first, last) with last >= first, or (0, 0) to disable")
+    self.logdir, self.active = logdir, False
+
+  def before(self, step: int):
+    if self.first and step + 1 == self.first and jax.process_index() == 0:
+      jax.profiler.start_trace(self.logdir)
+      self.active = True
+
+  def after(self, done: int, metrics):
+    if self.active and done >= self.last:
+      jax.block_until_ready(metrics)
+      self.close()
+      print(f"profile of steps {self.first}..{self.last} written to {self.logdir}", flush=True)
+
+  def close(self):
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
 def _format_eta(seconds: float) -> str:
   seconds = int(max(seconds, 0))
   return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -306,30 +369,46 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   pending: list[dict] = []
   t_last, step_last = time.perf_counter(), start
-  for step in range(start, total_steps):
-    state, metrics = trainer.train_step(state, next(batches), emb_seen)
-    pending.append(metrics)
-    done = step + 1
-    if done % config.train.log_every_steps == 0 or done == total_steps:
-      host = jax.device_get(pending)  # the only host sync in the loop
-      pending = []
-      mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-      now = time.perf_counter()
-      sps = (done - step_last) / max(now - t_last, 1e-9)
-      t_last, step_last = now, done
-      mean["steps_per_sec"] = sps
-      mean["images_per_sec"] = sps * config.train.batch_size
-      writer.write_scalars(done, mean)
-      if jax.process_index() == 0:
-        print(f"step {done}/{total_steps} (epoch {(done - 1) // steps_per_epoch + 1}) "
-              f"loss {mean['loss']:.4f} lr {mean['lr']:.2e} {sps:.1f} steps/s "
-              f"{mean['images_per_sec']:.0f} img/s ETA {_format_eta((total_steps - done) / sps)}",
-              flush=True)
-    mngr.save(done, args=ocp.args.StandardSave(state))
-    if (config.train.eval_every_steps and done % config.train.eval_every_steps == 0
-        and done != total_steps):
-      result = evaluate.evaluate_state(trainer, source, state, config)
-      writer.write_scalars(done, evaluate.flatten(result))
+  preemption = PreemptionWatch(config.train.preemption_check_every_steps)
+  profile = ProfileWindow(config.train.profile_steps, os.path.join(workdir, "profile"))
+  try:
+    for step in range(start, total_steps):
+      profile.before(step)
+      state, metrics = trainer.train_step(state, next(batches), emb_seen)
+      pending.append(metrics)
+      done = step + 1
+      profile.after(done, metrics)
+      if done % config.train.log_every_steps == 0 or done == total_steps:
+        host = jax.device_get(pending)  # the only host sync in the loop
+        pending = []
+        mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        now = time.perf_counter()
+        sps = (done - step_last) / max(now - t_last, 1e-9)
+        t_last, step_last = now, done
+        mean["steps_per_sec"] = sps
+        mean["images_per_sec"] = sps * config.train.batch_size
+        writer.write_scalars(done, mean)
+        if jax.process_index() == 0:
+          print(f"step {done}/{total_steps} (epoch {(done - 1) // steps_per_epoch + 1}) "
+                f"loss {mean['loss']:.4f} lr {mean['lr']:.2e} {sps:.1f} steps/s "
+                f"{mean['images_per_sec']:.0f} img/s "
+                f"ETA {_format_eta((total_steps - done) / sps)}", flush=True)
+      if preemption.should_stop(done) and done != total_steps:
+        mngr.save(done, args=ocp.args.StandardSave(state), force=True)
+        mngr.wait_until_finished()
+        writer.flush()
+        if jax.process_index() == 0:
+          print(f"preempted (SIGTERM): checkpoint saved at step {done}; run the same command "
+                "to resume", flush=True)
+        return {"preempted_at": done}
+      mngr.save(done, args=ocp.args.StandardSave(state))
+      if (config.train.eval_every_steps and done % config.train.eval_every_steps == 0
+          and done != total_steps):
+        result = evaluate.evaluate_state(trainer, source, state, config)
+        writer.write_scalars(done, evaluate.flatten(result))
+  finally:
+    preemption.restore()
+    profile.close()
   if mngr.latest_step() != total_steps:
     mngr.save(total_steps, args=ocp.args.StandardSave(state), force=True)
   mngr.wait_until_finished()
