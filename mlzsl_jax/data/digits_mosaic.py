@@ -42,7 +42,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from mlzsl_jax.data import attributes
-from mlzsl_jax.data.source import DatasetMeta, register_dataset
+from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
 NUM_CLASSES = 10
 TILE = 8  # sklearn digits are 8x8
@@ -424,17 +424,7 @@ def _train_classes(data_config) -> tuple[int, ...]:
 
 def meta_from_builder(builder: DigitsMosaic) -> DatasetMeta:
   """``DatasetMeta`` from a prepared builder's stored metadata."""
-  md = builder.info.metadata
-  return DatasetMeta(
-      name="digits_mosaic",
-      label_names=tuple(md["label_names"]),
-      embeddings={k: np.asarray(v, np.float32) for k, v in md["embeddings"].items()},
-      grid_shape=tuple(md["grid_shape"]),
-      feature_dim=int(md["feature_dim"]),
-      scene_dim=0,
-      num_examples={s: int(builder.info.splits[s].num_examples) for s in SPLITS},
-      provenance=md["provenance"],
-  )
+  return meta_from_tfds("digits_mosaic", builder, SPLITS)
 
 
 class DigitsMosaicSource:

@@ -68,6 +68,22 @@ class DatasetMeta:
     return self.embeddings[source]
 
 
+def meta_from_tfds(name: str, builder, splits) -> DatasetMeta:
+  """``DatasetMeta`` of a prepared tfds builder whose MetadataDict holds label_names,
+  embeddings, grid_shape, feature_dim, provenance (and optionally scene_dim)."""
+  md = builder.info.metadata
+  return DatasetMeta(
+      name=name,
+      label_names=tuple(md["label_names"]),
+      embeddings={k: np.asarray(v, np.float32) for k, v in md["embeddings"].items()},
+      grid_shape=tuple(md["grid_shape"]),
+      feature_dim=int(md["feature_dim"]),
+      scene_dim=int(md.get("scene_dim", 0)),
+      num_examples={s: int(builder.info.splits[s].num_examples) for s in splits},
+      provenance=md["provenance"],
+  )
+
+
 class DatasetSource(Protocol):
   meta: DatasetMeta
 

@@ -53,7 +53,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from mlzsl_jax.data.source import DatasetMeta, register_dataset
+from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
 FEATURE_FILE = "res101.mat"
 SPLITS_FILE = "att_splits.mat"
@@ -500,17 +500,7 @@ def check_split(split: str) -> None:
 
 def meta_from_builder(builder: Xlsa17) -> DatasetMeta:
   """``DatasetMeta`` from a prepared builder's stored metadata."""
-  md = builder.info.metadata
-  return DatasetMeta(
-      name="xlsa17",
-      label_names=tuple(md["label_names"]),
-      embeddings={k: np.asarray(v, np.float32) for k, v in md["embeddings"].items()},
-      grid_shape=tuple(md["grid_shape"]),
-      feature_dim=int(md["feature_dim"]),
-      scene_dim=0,
-      num_examples={s: int(builder.info.splits[s].num_examples) for s in SPLITS},
-      provenance=md["provenance"],
-  )
+  return meta_from_tfds("xlsa17", builder, SPLITS)
 
 
 class Xlsa17Source:
