@@ -103,7 +103,8 @@ class BiAM(nnx.Module):
                scene_dim: int, channels: int = 256, heads: int = 8, out_dim: int = 512,
                top_k: int = 6, mask_zero_scores: bool = True, attn_dropout: float = 0.1,
                scene_dropout: float = 0.2, bn_momentum: float = 1.0 - TORCH_BN_MOMENTUM,
-               scene_source: str = "dataset", dtype: Any = jnp.float32, rngs: nnx.Rngs):
+               scene_source: str = "dataset", label_chunk: int = 0, dtype: Any = jnp.float32,
+               rngs: nnx.Rngs):
     if scene_source not in ("dataset", "mean_region"):
       raise ValueError(f"model.scene_source={scene_source!r}: expected 'dataset' "
                        "(a stored scene feature) or 'mean_region' (learned projection of "
@@ -117,6 +118,7 @@ class BiAM(nnx.Module):
     self.feature_dim, self.emb_dim = feature_dim, emb_dim
     self.grid_shape = tuple(grid_shape)
     self.top_k = top_k
+    self.label_chunk = layers.check_label_chunk(label_chunk)
     self.scene_source = scene_source
     self.dtype = dtype
     self.stem = ConvReluBN(feature_dim, channels, bn_momentum=bn_momentum, dtype=dtype,
@@ -130,16 +132,17 @@ class BiAM(nnx.Module):
     self.fuse = layers.conv(2 * channels, out_dim, 1, dtype=dtype, rngs=rngs)
     self.label_proj = layers.linear(emb_dim, out_dim, dtype=dtype, rngs=rngs)
 
-  def region_scores(self, feats: jax.Array, label_emb: jax.Array,
-                    scene: jax.Array | None = None, *, train: bool = False,
-                    rngs: nnx.Rngs | None = None) -> jax.Array:
-    """feats: [B, R, C_in], label_emb: [L, E], scene: [B, S] -> region scores [B, R, L]."""
+  def _check_inputs(self, feats: jax.Array, label_emb: jax.Array) -> None:
     if feats.ndim != 3 or feats.shape[-1] != self.feature_dim:
       raise ValueError(f"features: expected [batch, regions, {self.feature_dim}], "
                        f"got {feats.shape}")
     if label_emb.ndim != 2 or label_emb.shape[-1] != self.emb_dim:
       raise ValueError(f"label embeddings: expected [labels, {self.emb_dim}], "
                        f"got {label_emb.shape}")
+
+  def region_features(self, feats: jax.Array, scene: jax.Array | None = None, *,
+                      train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
+    """feats: [B, R, C_in], scene: [B, S] -> fused region features e_f [B, R, D]."""
     x_r = layers.regions_to_grid(feats.astype(self.dtype), self.grid_shape)
     if self.scene_source == "mean_region":
       x_g = feats.astype(self.dtype).mean(axis=1)
@@ -151,15 +154,48 @@ class BiAM(nnx.Module):
     e_r = self.region_context(h_r, train=train, rngs=rngs)
     e_g = self.scene_context(h_r, x_g, train=train, rngs=rngs)
     e_f = jax.nn.leaky_relu(self.fuse(jnp.concatenate([e_r, e_g], axis=-1)), 0.2)
+    return layers.grid_to_regions(e_f)
+
+  def _label_region_scores(self, e_f: jax.Array, label_emb: jax.Array) -> jax.Array:
+    """e_f: [B, R, D], label_emb: [L, E] -> region scores [B, R, L]."""
     classifiers = self.label_proj(label_emb.astype(self.dtype))  # [L, D]
-    return jnp.einsum("brd,ld->brl", layers.grid_to_regions(e_f), classifiers)
+    return layers.constrain_label_axis(jnp.einsum("brd,ld->brl", e_f, classifiers))
+
+  def _pool(self, region: jax.Array) -> jax.Array:
+    """region: [B, R, L] -> mean of the top-k region scores [B, L] (float32)."""
+    top = jax.lax.top_k(jnp.swapaxes(region, 1, 2).astype(jnp.float32), self.top_k)[0]
+    return top.mean(axis=-1)
+
+  def region_scores(self, feats: jax.Array, label_emb: jax.Array,
+                    scene: jax.Array | None = None, *, train: bool = False,
+                    rngs: nnx.Rngs | None = None) -> jax.Array:
+    """feats: [B, R, C_in], label_emb: [L, E], scene: [B, S] -> region scores [B, R, L].
+
+    Always dense (ignores ``label_chunk``): for plots, call it with a small label subset.
+    """
+    self._check_inputs(feats, label_emb)
+    e_f = self.region_features(feats, scene, train=train, rngs=rngs)
+    return self._label_region_scores(e_f, label_emb)
 
   def __call__(self, feats: jax.Array, label_emb: jax.Array, scene: jax.Array | None = None,
                *, train: bool = False, rngs: nnx.Rngs | None = None) -> dict[str, jax.Array]:
-    """Returns {'scores': [B, L] (mean of the top-k region scores), 'region_scores': [B, R, L]}."""
-    region = self.region_scores(feats, label_emb, scene, train=train, rngs=rngs)
-    top = jax.lax.top_k(jnp.swapaxes(region, 1, 2).astype(jnp.float32), self.top_k)[0]
-    return {"scores": top.mean(axis=-1), "region_scores": region}
+    """Returns {'scores': [B, L] (mean of the top-k region scores)} plus, with
+    ``label_chunk == 0`` only, 'region_scores' [B, R, L].
+
+    With ``label_chunk = n > 0`` the classifiers, region scores and top-k pooling run n
+    labels at a time (``map_label_chunks``): memory O(B·R·D + B·R·n + B·L·k) instead of
+    O(B·R·L); the same scores and gradients as the dense path. The full region scores are
+    then never built; use ``region_scores`` on a label subset when they are needed.
+    """
+    self._check_inputs(feats, label_emb)
+    e_f = self.region_features(feats, scene, train=train, rngs=rngs)
+    if self.label_chunk == 0:
+      region = self._label_region_scores(e_f, label_emb)
+      return {"scores": self._pool(region), "region_scores": region}
+    scores = layers.map_label_chunks(
+        lambda emb: self._pool(self._label_region_scores(e_f, emb)), label_emb,
+        self.label_chunk)
+    return {"scores": scores}
 
 
 def model_config() -> ml_collections.ConfigDict:
@@ -175,6 +211,10 @@ def model_config() -> ml_collections.ConfigDict:
   c.scene_dropout = 0.2
   c.bn_momentum = 1.0 - TORCH_BN_MOMENTUM  # flax convention for torch's momentum 0.99
   c.scene_source = "dataset"  # or 'mean_region' (learned projection of the mean region)
+  # 0: score all labels at once (region scores [B, R, L] in memory; output 'region_scores').
+  # n > 0: n labels at a time (memory O(B·R·n), for 7k+ labels); same scores, no
+  # 'region_scores' output (BiAM.region_scores(feats, label_subset) gives them for plots).
+  c.label_chunk = 0
   return c
 
 
@@ -186,5 +226,5 @@ def build_biam(cfg, *, feature_dim: int, emb_dim: int, grid_shape: tuple[int, in
               scene_dim=scene_dim, channels=cfg.channels, heads=cfg.heads,
               out_dim=cfg.out_dim, top_k=cfg.top_k, mask_zero_scores=cfg.mask_zero_scores,
               attn_dropout=cfg.attn_dropout, scene_dropout=cfg.scene_dropout,
-              bn_momentum=cfg.bn_momentum, scene_source=cfg.scene_source, dtype=dtype,
-              rngs=rngs)
+              bn_momentum=cfg.bn_momentum, scene_source=cfg.scene_source,
+              label_chunk=cfg.get("label_chunk", 0), dtype=dtype, rngs=rngs)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 
 def torch_kernel_init():
@@ -50,3 +52,54 @@ def grid_to_regions(x: jax.Array) -> jax.Array:
   """[batch, height, width, ch] -> [batch, height*width, ch]."""
   b, h, w, c = x.shape
   return x.reshape(b, h * w, c)
+
+
+def check_label_chunk(label_chunk: int) -> int:
+  """``model.label_chunk`` must be an int >= 0 (0: dense scoring, all labels at once)."""
+  if isinstance(label_chunk, bool) or not isinstance(label_chunk, int) or label_chunk < 0:
+    raise ValueError(f"model.label_chunk={label_chunk!r}: expected an int >= 0 "
+                     "(0 = all labels at once, n > 0 = n labels at a time)")
+  return label_chunk
+
+
+def constrain_label_axis(x: jax.Array) -> jax.Array:
+  """Shards the last (label) axis of ``x`` [B, ..., labels] over the mesh axis 'model' and
+  the first over 'data', but only inside an active mesh context (``jax.set_mesh``) that has
+  those axes; an axis that does not divide its dimension stays replicated. Without a
+  context (e.g. ``Trainer``'s jit, which shards by its in/out shardings only) it returns
+  ``x`` unchanged and the partitioner propagates shardings from the parameters and batch.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  names = getattr(mesh, "axis_names", ())
+  if "model" not in names or mesh.shape["model"] == 1:
+    return x
+  data = "data" if "data" in names and x.shape[0] % mesh.shape["data"] == 0 else None
+  model = "model" if x.shape[-1] % mesh.shape["model"] == 0 else None
+  spec = P(data, *([None] * (x.ndim - 2)), model)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def map_label_chunks(score_chunk: Callable[[jax.Array], jax.Array], label_emb: jax.Array,
+                     chunk: int, *, remat: bool = False) -> jax.Array:
+  """Scores of all labels, ``chunk`` labels at a time, so that per-label intermediates of
+  one chunk only ([B, R, chunk] instead of [B, R, L]) are alive at once.
+
+  Args:
+    score_chunk: label embeddings of one chunk [chunk, E] -> scores [B, chunk].
+    label_emb: [L, E]; padded with zero rows up to a multiple of ``chunk`` (their scores
+      are computed and then sliced off, so they get no gradient).
+    chunk: labels per step (> 0); clipped to L.
+    remat: recompute each chunk's forward in the backward pass (``jax.checkpoint``) instead
+      of stacking its residuals over chunks; needed when the residuals are per
+      (region, label) as softmax attention; not needed for top-k pooling (its residuals
+      are the [B, chunk, k] indices).
+  Returns:
+    [B, L]: the same as ``score_chunk(label_emb)``.
+  """
+  num_labels = label_emb.shape[0]
+  chunk = min(chunk, num_labels)
+  n = -(-num_labels // chunk)
+  padded = jnp.pad(label_emb, ((0, n * chunk - num_labels), (0, 0)))
+  body = jax.checkpoint(score_chunk) if remat else score_chunk
+  out = jax.lax.map(body, padded.reshape(n, chunk, label_emb.shape[1]))  # [n, B, chunk]
+  return jnp.moveaxis(out, 0, 1).reshape(out.shape[1], n * chunk)[:, :num_labels]
