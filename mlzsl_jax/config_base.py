@@ -24,6 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.unseen_labels = (0,)  # label ids never seen in training (ZSL)
   c.data.train_split = "train"
   c.data.test_split = "test"
+  # How several processes share the data (see mlzsl_jax/data/pipeline.py): 'examples' = each
+  # reads 1/P of the examples (batches depend on P); 'batches' = each reads everything and
+  # keeps its rows of every global batch (same batches for any P, P-fold reading).
+  c.data.process_split = "examples"
 
   c.model = biam.model_config()  # another model: c.model = <module>.model_config()
 

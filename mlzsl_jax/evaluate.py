@@ -13,6 +13,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from mlzsl_jax import distributed
 from mlzsl_jax import metrics
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data import pipeline
@@ -28,22 +29,42 @@ def collect_scores(trainer, source: DatasetSource, state, config
     zsl_scores [N, unseen] (the model given only the unseen embeddings),
     gzsl_scores [N, seen + unseen] (given all, seen first),
     labels [N, seen + unseen] states in the same column order.
+  Rows are the test images in file order, each exactly once, on any number of processes:
+  every process's labels and example indices travel through the same global arrays as its
+  scores, so rows stay paired whatever rows each process held (``data.process_split``).
   """
   split = trainer.split
   embs = tuple(jax.device_put(e, trainer.repl) for e in (trainer.emb_unseen, trainer.emb_gzsl))
   order = np.asarray(split.seen + split.unseen)
-  zsl, gzsl, labels = [], [], []
-  for batch, n in pipeline.eval_batches(source, split=config.data.test_split,
+  zsl, gzsl, labels, index = [], [], [], []
+  for batch, _ in pipeline.eval_batches(source, split=config.data.test_split,
                                         global_batch=config.eval.batch_size,
-                                        data_shards=trainer.mesh.shape["data"]):
+                                        data_shards=trainer.mesh.shape["data"],
+                                        process_split=config.data.process_split,
+                                        sharding=trainer.batch_sharding):
     device_batch = shd.host_to_global(
-        {k: v for k, v in batch.items() if k != "labels"}, trainer.batch_sharding)
+        {k: v for k, v in batch.items() if k not in ("labels", "index")},
+        trainer.batch_sharding)
     outs = trainer.predict(state.params, state.model_state, device_batch, embs)
-    outs = [multihost_utils.process_allgather(o, tiled=True) for o in outs]
-    zsl.append(np.asarray(outs[0])[:n])
-    gzsl.append(np.asarray(outs[1])[:n])
-    labels.append(batch["labels"][:n][:, order])
-  return np.concatenate(zsl), np.concatenate(gzsl), np.concatenate(labels)
+    if jax.process_count() > 1:
+      rows = shd.host_to_global({k: batch[k] for k in ("labels", "index")},
+                                trainer.batch_sharding)
+      outs, rows = multihost_utils.process_allgather((outs, rows), tiled=True)
+    else:
+      rows = {k: batch[k] for k in ("labels", "index")}
+    keep = np.asarray(rows["index"]) >= 0
+    zsl.append(np.asarray(outs[0])[keep])
+    gzsl.append(np.asarray(outs[1])[keep])
+    labels.append(np.asarray(rows["labels"])[keep][:, order])
+    index.append(np.asarray(rows["index"])[keep])
+  index = np.concatenate(index)
+  perm = np.argsort(index, kind="stable")
+  if not np.array_equal(index[perm], np.arange(len(index))):
+    raise RuntimeError(f"evaluation of split {config.data.test_split!r}: gathered example "
+                       f"indices are not each of 0..{len(index) - 1} once (a data-pipeline "
+                       "bug)")
+  return (np.concatenate(zsl)[perm], np.concatenate(gzsl)[perm],
+          np.concatenate(labels)[perm])
 
 
 PROTOCOLS: Registry[Callable] = Registry("evaluation protocol", "eval.protocol")
@@ -132,7 +153,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from mlzsl_jax import train
 
   workdir = train.ensure_workdir(workdir)
-  source = get_dataset(config.data)
+  source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
   mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
   trainer = train.Trainer(config, source.meta, mesh, steps_per_epoch=1)
   mngr = train.checkpoint_manager(workdir, config)

@@ -2,6 +2,10 @@
 
 Any config field can be overridden: --config.train.num_epochs=5. Unknown fields and wrong
 types fail at start, naming the field.
+
+Several processes (hosts): under SLURM / Open MPI / a TPU pod nothing extra is needed (JAX
+detects the launch); by hand, start one process per host with
+``--coordinator_address=HOST0:PORT --num_processes=N --process_id=i``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,14 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py[:arg]).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, results.")
+# Multi-process runs (see mlzsl_jax/distributed.py). Left unset, a SLURM / Open MPI / TPU-pod
+# launch with more than one process is detected by JAX itself; otherwise one process.
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "host:port of process 0's coordinator ('' = auto-detect).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0,
+                                      "Number of processes (0 = auto-detect).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1,
+                                   "Index of this process, 0..num_processes-1 (-1 = auto).")
 
 
 def _train(config, workdir):
@@ -74,6 +86,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep libraries quiet
   if _CONFIG.value is None or not _WORKDIR.value:
     raise app.UsageError("--config and --workdir are required")
+  from mlzsl_jax import distributed
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         cpu_collectives=True)
+  print(distributed.describe(), flush=True)
   COMMANDS[argv[1]](_CONFIG.value, _WORKDIR.value)
 
 

@@ -27,6 +27,7 @@ from clu import metric_writers
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from mlzsl_jax import distributed
 from mlzsl_jax import losses
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data import pipeline
@@ -216,8 +217,9 @@ class Trainer:
 
     def loss_of(params):
       model = nnx.merge(self.graphdef, params, state.model_state)
-      out = model(batch["features"], label_emb, batch.get("scene"), train=True,
-                  rngs=nnx.Rngs(dropout=key))
+      with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):  # models may constrain axes
+        out = model(batch["features"], label_emb, batch.get("scene"), train=True,
+                    rngs=nnx.Rngs(dropout=key))
       loss, aux = self.loss_fn(out, batch["labels"], self.config.loss)
       if "regularizer" in out:  # e.g. weight decay written into the model's objective
         aux = {**aux, "regularizer": out["regularizer"]}
@@ -238,8 +240,9 @@ class Trainer:
   def _predict(self, params, model_state, batch: dict, label_embs: tuple) -> tuple:
     """Scores [B, L_i] for each label-embedding set in ``label_embs`` (eval mode)."""
     model = nnx.merge(self.graphdef, params, model_state)
-    return tuple(model(batch["features"], e, batch.get("scene"), train=False)["scores"]
-                 for e in label_embs)
+    with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+      return tuple(model(batch["features"], e, batch.get("scene"), train=False)["scores"]
+                   for e in label_embs)
 
 
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
@@ -253,7 +256,8 @@ def restore_or_init(trainer: Trainer, mngr: ocp.CheckpointManager) -> TrainState
   latest = mngr.latest_step()
   if latest is None:
     return trainer.init_state()
-  print(f"resuming from checkpoint step {latest} in {mngr.directory}", flush=True)
+  if jax.process_index() == 0:
+    print(f"resuming from checkpoint step {latest} in {mngr.directory}", flush=True)
   return mngr.restore(latest, args=ocp.args.StandardRestore(trainer.abstract_state()))
 
 
@@ -328,16 +332,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from mlzsl_jax import evaluate  # local: evaluate imports this module
 
   workdir = ensure_workdir(workdir)
-  source = get_dataset(config.data)
+  # Process 0 builds a missing dataset before the others read it (a shared data_dir).
+  source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
   meta = source.meta
   split = label_split(config, meta)
   mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
   data_shards = mesh.shape["data"]
-  local_batch = pipeline.local_batch_size(config.train.batch_size, "train.batch_size",
-                                          data_shards)
-  n_train = pipeline.count_train_examples(source, config.data.train_split, split.seen,
-                                          config.train.drop_images_without_positive)
-  steps_per_epoch = n_train // local_batch
+  process_split = pipeline.check_process_split(config.data.process_split)
+  pipeline.local_batch_size(config.train.batch_size, "train.batch_size", data_shards)
+  n_read = pipeline.count_train_examples(source, config.data.train_split, split.seen,
+                                         config.train.drop_images_without_positive,
+                                         process_split)
+  # Equal on every process (with 'examples', the smallest shard's count decides).
+  steps_per_epoch, n_train = pipeline.train_steps_per_epoch(
+      n_read, config.train.batch_size, process_split)
   if steps_per_epoch == 0:
     raise ValueError(f"split {config.data.train_split!r} has {n_train} usable examples, "
                      f"fewer than one batch of train.batch_size={config.train.batch_size}")
@@ -351,9 +359,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = restore_or_init(trainer, mngr)
   start = int(state.step)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
-  print(f"{config.model.name}: {n_params:,} parameters; {meta.name}: {n_train} training "
-        f"images, {steps_per_epoch} steps/epoch x {config.train.num_epochs} epochs = "
-        f"{total_steps} steps; mesh {dict(mesh.shape)}", flush=True)
+  if jax.process_index() == 0:
+    print(f"{config.model.name}: {n_params:,} parameters; {meta.name}: {n_train} training "
+          f"images, {steps_per_epoch} steps/epoch x {config.train.num_epochs} epochs = "
+          f"{total_steps} steps; mesh {dict(mesh.shape)}; {jax.process_count()} "
+          f"process(es), data split by {process_split}", flush=True)
 
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
@@ -363,7 +373,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           global_batch=config.train.batch_size, seed=config.seed, start_step=start,
           steps_per_epoch=steps_per_epoch, shuffle_buffer=config.train.shuffle_buffer,
           drop_without_positive=config.train.drop_images_without_positive,
-          data_shards=data_shards, prefetch=config.train.prefetch),
+          data_shards=data_shards, prefetch=config.train.prefetch,
+          process_split=process_split, sharding=trainer.batch_sharding),
       trainer.batch_sharding, size=config.train.prefetch)
   emb_seen = jax.device_put(trainer.emb_seen, trainer.repl)
 

@@ -3,12 +3,28 @@ delivered as globally sharded jax.Arrays.
 
 The order of training batches is a pure function of (seed, epoch), so a run resumed at step k
 sees exactly the batches an uninterrupted run sees from step k on.
+
+Several processes (``config.data.process_split``); tf.data has no random access, so reading
+only one's share and having batches that do not depend on the process count exclude each
+other:
+  'examples' (default): process i of P reads examples i, i+P, i+2P, ... (``ds.shard``),
+    shuffles them and batches its own local batches. Each process reads 1/P of the data, but
+    which images meet in a global batch depends on P (a 2-process run is a different, equally
+    valid, sample order than a 1-process run). Per-process counts can differ (the
+    positive-label filter keeps different numbers per shard): every process takes the
+    smallest count's number of steps per epoch, dropping the few extra examples of the others.
+  'batches': every process reads the whole split in the same shuffled order, builds each
+    global batch and keeps the rows its devices hold. Batches are exactly those of a
+    1-process run, whatever P: a run reproduces across 1 x 8 and 2 x 4 devices, at P times the
+    reading and decoding. For small datasets, reproducibility checks, and debugging.
+Evaluation follows the same split; ``collect_scores`` (evaluate.py) reassembles the test
+images in file order in both modes.
 """
 
 from __future__ import annotations
 
 import collections
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -32,10 +48,70 @@ def _has_positive(label_ids: tf.Tensor):
   return lambda ex: tf.reduce_any(tf.gather(ex["labels"], label_ids) > 0)
 
 
-def _process_share(ds: tf.data.Dataset) -> tf.data.Dataset:
-  if jax.process_count() > 1:
+PROCESS_SPLITS = ("examples", "batches")
+
+
+def check_process_split(value: str) -> str:
+  if value not in PROCESS_SPLITS:
+    raise ValueError(f"config field data.process_split={value!r}: expected one of "
+                     f"{PROCESS_SPLITS}")
+  return value
+
+
+def _process_share(ds: tf.data.Dataset, process_split: str = "examples") -> tf.data.Dataset:
+  """This process's examples: 1/P of them ('examples'), or all of them ('batches')."""
+  if check_process_split(process_split) == "examples" and jax.process_count() > 1:
     ds = ds.shard(jax.process_count(), jax.process_index())
   return ds
+
+
+def process_rows(global_batch: int, sharding=None) -> np.ndarray:
+  """Rows of a global batch [global_batch, ...] that this process supplies, ascending.
+
+  With ``sharding`` (the batch sharding): the rows its addressable devices hold, which is what
+  ``jax.make_array_from_process_local_data`` expects the local batch to contain, in that
+  order. Without: the contiguous block [i * local, (i + 1) * local).
+  """
+  if sharding is None:
+    local = global_batch // jax.process_count()
+    return np.arange(jax.process_index() * local, (jax.process_index() + 1) * local)
+  index_map = sharding.addressable_devices_indices_map((global_batch,))
+  blocks = sorted({(sl[0].indices(global_batch)[0], sl[0].indices(global_batch)[1])
+                   for sl in index_map.values()})
+  return np.concatenate([np.arange(a, b) for a, b in blocks])
+
+
+def _check_rows_per_process(global_batch: int, sharding, process_split: str):
+  """'examples' gives each process different examples, which is only right when no two
+  processes hold the same batch rows (a 'model' mesh axis spanning processes would)."""
+  if process_split != "examples" or sharding is None or jax.process_count() == 1:
+    return
+  held = len(process_rows(global_batch, sharding))
+  if held * jax.process_count() != global_batch:
+    raise ValueError(f"config field data.process_split='examples': this process's devices "
+                     f"hold {held} of the {global_batch} rows of a batch, not 1/"
+                     f"{jax.process_count()} (processes share rows: a 'model' axis spans "
+                     "processes); use data.process_split='batches' with this mesh")
+
+
+def _take_rows(rows: np.ndarray) -> Callable[[dict], dict]:
+  rows = tf.constant(rows, tf.int32)
+  return lambda batch: {k: tf.gather(v, rows) for k, v in batch.items()}
+
+
+def train_steps_per_epoch(n_read: int, global_batch: int, process_split: str
+                          ) -> tuple[int, int]:
+  """(steps per epoch, usable training examples over all processes), equal on every process.
+
+  Args:
+    n_read: ``count_train_examples`` of this process (its shard for 'examples', the whole
+      split for 'batches').
+  """
+  if check_process_split(process_split) == "batches" or jax.process_count() == 1:
+    return n_read // global_batch, n_read
+  from jax.experimental import multihost_utils
+  counts = np.asarray(multihost_utils.process_allgather(np.int32(n_read))).reshape(-1)
+  return int(counts.min()) // (global_batch // jax.process_count()), int(counts.sum())
 
 
 def local_batch_size(global_batch: int, field: str, data_shards: int) -> int:
@@ -48,10 +124,10 @@ def local_batch_size(global_batch: int, field: str, data_shards: int) -> int:
 
 
 def count_train_examples(source: DatasetSource, split: str, seen_ids: Sequence[int],
-                         drop_without_positive: bool) -> int:
-  """Number of training examples this process sees per epoch (after the positive filter)."""
+                         drop_without_positive: bool, process_split: str = "examples") -> int:
+  """Number of training examples this process reads per epoch (after the positive filter)."""
   ids = tf.constant(list(seen_ids), tf.int32)
-  ds = _process_share(source.as_tf_dataset(split)).map(lambda ex: ex["labels"])
+  ds = _process_share(source.as_tf_dataset(split), process_split).map(lambda ex: ex["labels"])
   if drop_without_positive:
     ds = ds.filter(lambda y: tf.reduce_any(tf.gather(y, ids) > 0))
   return int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
@@ -77,16 +153,22 @@ def check_batch(batch: dict[str, np.ndarray], feature_shape: tuple[int, int], sp
 def train_batches(source: DatasetSource, *, split: str, seen_ids: Sequence[int],
                   global_batch: int, seed: int, start_step: int, steps_per_epoch: int,
                   shuffle_buffer: int, drop_without_positive: bool,
-                  data_shards: int, prefetch: int = 2) -> Iterator[dict[str, np.ndarray]]:
+                  data_shards: int, prefetch: int = 2, process_split: str = "examples",
+                  sharding=None) -> Iterator[dict[str, np.ndarray]]:
   """Endless host batches from ``start_step`` on; labels restricted to ``seen_ids``.
+
+  Every epoch has exactly ``steps_per_epoch`` batches (``train_steps_per_epoch``), so all
+  processes agree on epoch boundaries. ``sharding``: the batch sharding, which tells the
+  'batches' split which rows of each global batch are this process's (``process_rows``).
 
   Yields dicts: features fp16 [local_batch, R, C], labels int8 [local_batch, len(seen_ids)],
   scene fp16 [local_batch, S] when stored.
   """
   local = local_batch_size(global_batch, "train.batch_size", data_shards)
+  _check_rows_per_process(global_batch, sharding, process_split)
   ids = tf.constant(list(seen_ids), tf.int32)
   with_scene = source.meta.scene_dim > 0
-  base = _process_share(source.as_tf_dataset(split))
+  base = _process_share(source.as_tf_dataset(split), process_split)
   if drop_without_positive:
     base = base.filter(_has_positive(ids))
   base = base.map(lambda ex: _select(ex, ids, with_scene), num_parallel_calls=tf.data.AUTOTUNE)
@@ -95,33 +177,86 @@ def train_batches(source: DatasetSource, *, split: str, seen_ids: Sequence[int],
   while True:
     ds = base.shuffle(shuffle_buffer, seed=seed * 100003 + epoch,
                       reshuffle_each_iteration=False)
-    ds = ds.batch(local, drop_remainder=True).skip(offset).prefetch(prefetch)
+    if process_split == "batches":
+      ds = ds.batch(global_batch, drop_remainder=True).take(steps_per_epoch).skip(offset)
+      if jax.process_count() > 1:
+        ds = ds.map(_take_rows(process_rows(global_batch, sharding)))
+    else:
+      ds = ds.batch(local, drop_remainder=True).take(steps_per_epoch).skip(offset)
+    ds = ds.prefetch(prefetch)
     for batch in ds.as_numpy_iterator():
       check_batch(batch, feature_shape, split)
       yield batch
     epoch, offset = epoch + 1, 0
 
 
-def eval_batches(source: DatasetSource, *, split: str, global_batch: int, data_shards: int
-                 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
-  """Every example of ``split`` once, in file order, as (padded host batch, valid rows).
+def _ceil_div(a: int, b: int) -> int:
+  return -(-a // b)
 
-  The last batch is zero-padded to the full batch so one compiled function serves all.
+
+def _num_examples(ds: tf.data.Dataset, source: DatasetSource, split: str) -> int:
+  """Examples in ``split``: tf.data's cardinality, else the metadata, else counted."""
+  n = int(ds.cardinality().numpy())
+  if n < 0:
+    n = source.meta.num_examples.get(split, -1)
+  if n < 0:
+    n = int(ds.map(lambda ex: 0).reduce(np.int64(0), lambda c, _: c + 1).numpy())
+  return n
+
+
+def eval_batches(source: DatasetSource, *, split: str, global_batch: int, data_shards: int,
+                 process_split: str = "examples", sharding=None
+                 ) -> Iterator[tuple[dict[str, np.ndarray], int]]:
+  """Every example of ``split`` once over all processes, as (padded host batch, valid rows).
+
+  Each batch also holds 'index' int32 [local_batch]: the example's position in the file order
+  of ``split``, -1 on padding rows. Every process yields the same number of batches (a
+  process whose share has run out yields all-padding batches), so collectives stay in step.
+  Single process: file order, the last batch zero-padded to the full batch so one compiled
+  function serves all. 'examples': this process's shard (examples i, i+P, ...), padded the
+  same way. 'batches': global batches of the file order (the last one padded), of which this
+  process keeps its rows (``process_rows``; valid rows need not come first).
   Labels are over all labels of the dataset.
   """
   local = local_batch_size(global_batch, "eval.batch_size", data_shards)
+  check_process_split(process_split)
+  _check_rows_per_process(global_batch, sharding, process_split)
   with_scene = source.meta.scene_dim > 0
   all_ids = tf.range(source.meta.num_labels)
-  ds = _process_share(source.as_tf_dataset(split))
-  ds = ds.map(lambda ex: _select(ex, all_ids, with_scene), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = source.as_tf_dataset(split)
+  total = _num_examples(ds, source, split)
+  ds = ds.enumerate().map(
+      lambda i, ex: {**_select(ex, all_ids, with_scene), "index": tf.cast(i, tf.int32)},
+      num_parallel_calls=tf.data.AUTOTUNE)
+  processes = jax.process_count()
+  if process_split == "batches" or processes == 1:
+    rows = process_rows(global_batch, sharding) if processes > 1 else np.arange(global_batch)
+    batch_size, num_batches = global_batch, _ceil_div(total, global_batch)
+  else:  # the largest shard (process 0's) sets the number of batches
+    ds, rows = _process_share(ds, process_split), None
+    batch_size, num_batches = local, _ceil_div(_ceil_div(total, processes), local)
+  spec = ds.element_spec
   feature_shape = (source.meta.num_regions, source.meta.feature_dim)
-  for batch in ds.batch(local).prefetch(2).as_numpy_iterator():
+  batches = ds.batch(batch_size).prefetch(2).as_numpy_iterator()
+  for _ in range(num_batches):
+    batch = next(batches, None)
+    if batch is None:  # this process's share has run out: all padding
+      batch = {k: np.zeros((0,) + tuple(s.shape), s.dtype.as_numpy_dtype)
+               for k, s in spec.items()}
     check_batch(batch, feature_shape, split)
     n = len(batch["labels"])
-    if n < local:
-      batch = {k: np.concatenate([v, np.zeros((local - n,) + v.shape[1:], v.dtype)])
+    if n < batch_size:
+      batch = {k: np.concatenate([v, np.zeros((batch_size - n,) + v.shape[1:], v.dtype)])
                for k, v in batch.items()}
+      batch["index"][n:] = -1
+    if rows is not None and len(rows) != batch_size:
+      batch = {k: v[rows] for k, v in batch.items()}
+      n = int((batch["index"] >= 0).sum())
     yield batch, n
+  if next(batches, None) is not None:
+    raise ValueError(f"split {split!r}: more examples than the {total} its dataset reports "
+                     "(tf.data cardinality / DatasetMeta.num_examples); fix the dataset's "
+                     "metadata")
 
 
 def prefetch_to_device(batches: Iterator[dict[str, np.ndarray]], sharding, size: int = 2
