@@ -1,5 +1,9 @@
 """Command line: python -m mlzsl_jax.main {train,evaluate} --config FILE[:ARG] --workdir DIR.
 
+Commands: train, evaluate [--init_from=OFFICIAL_WEIGHTS], prepare (build the dataset),
+convert --init_from=OFFICIAL_WEIGHTS (into the workdir's checkpoint of step 0), and
+extract --image_dir D --out_dir O --weights VGG19.pth (features of a folder of images).
+
 Any config field can be overridden: --config.train.num_epochs=5. Unknown fields and wrong
 types fail at start, naming the field.
 
@@ -11,6 +15,7 @@ detects the launch); by hand, start one process per host with
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -30,17 +35,45 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1,
                                    "Index of this process, 0..num_processes-1 (-1 = auto).")
 
 
+_INIT_FROM = flags.DEFINE_string(
+    "init_from", None, "evaluate / convert: official weights (BiAM .pth, LESA TF checkpoint) "
+    "to convert to our parameters instead of restoring a checkpoint of the workdir.")
+
+
 def _train(config, workdir):
   from mlzsl_jax import train
   return train.train_and_evaluate(config, workdir)
 
 
 def _evaluate(config, workdir):
+  if _INIT_FROM.value:
+    from mlzsl_jax import convert
+    return convert.evaluate_init_from(config, workdir, _INIT_FROM.value)
   from mlzsl_jax import evaluate
   return evaluate.evaluate(config, workdir)
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate}
+def _prepare(config, workdir):
+  """Builds (or validates) the configured dataset once, so training jobs start reading."""
+  del workdir
+  from mlzsl_jax import distributed
+  from mlzsl_jax.data.source import get_dataset
+  source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
+  print(f"{config.data.name}: {source.meta.num_examples} examples, "
+        f"{source.meta.num_labels} labels, embeddings {sorted(source.meta.embeddings)}; "
+        f"{source.meta.provenance}", flush=True)
+
+
+def _convert(config, workdir):
+  if not _INIT_FROM.value:
+    raise app.UsageError("convert needs --init_from=PATH (official weights)")
+  from mlzsl_jax import convert
+  print(f"converted {_INIT_FROM.value} -> "
+        f"{convert.convert_to_workdir(config, workdir, _INIT_FROM.value)} (step 0)", flush=True)
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "prepare": _prepare, "convert": _convert}
+NEEDS_WORKDIR = {"train", "evaluate", "convert"}
 
 
 def _unknown_override(argv: list[str]) -> str | None:
@@ -84,8 +117,8 @@ def main(argv):
     raise app.UsageError(f"usage: python -m mlzsl_jax.main {{{','.join(COMMANDS)}}} "
                          "--config configs/<file>.py[:arg] --workdir DIR")
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep libraries quiet
-  if _CONFIG.value is None or not _WORKDIR.value:
-    raise app.UsageError("--config and --workdir are required")
+  if _CONFIG.value is None or (argv[1] in NEEDS_WORKDIR and not _WORKDIR.value):
+    raise app.UsageError("--config (and, except for prepare, --workdir) are required")
   from mlzsl_jax import distributed
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          cpu_collectives=True)
@@ -93,5 +126,18 @@ def main(argv):
   COMMANDS[argv[1]](_CONFIG.value, _WORKDIR.value)
 
 
+def _extract_main(argv: list[str]):
+  """``python -m mlzsl_jax.main extract --image_dir D --out_dir O --weights F [...]``: region
+  (and scene) features of a folder of images (see mlzsl_jax/extract/run.py for the flags);
+  several processes split the shards (launched like training: SLURM / TPU pod detected)."""
+  from mlzsl_jax import distributed
+  from mlzsl_jax.extract import run
+  distributed.initialize()
+  run.main(argv)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=_parse_flags)
+  if len(sys.argv) > 1 and sys.argv[1] == "extract":
+    _extract_main(sys.argv[2:])
+  else:
+    app.run(main, flags_parser=_parse_flags)

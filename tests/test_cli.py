@@ -146,3 +146,13 @@ def test_sigterm_saves_at_the_next_step_exits_0_and_resumes_identically(tmp_path
 def jax_leaves(tree):
   import jax
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_prepare_builds_the_dataset_without_a_workdir(data_dir):
+  out = run([sys.executable, "-m", "mlzsl_jax.main", "prepare", f"--config={CONFIG}",
+             f"--config.data.data_dir={data_dir}"])
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "digits_mosaic: {'train': 256, 'test': 64} examples, 10 labels" in out.stdout
+  out = run([sys.executable, "-m", "mlzsl_jax.main", "convert", f"--config={CONFIG}",
+             "--workdir=/tmp/unused", f"--config.data.data_dir={data_dir}"])
+  assert out.returncode != 0 and "convert needs --init_from" in out.stderr
