@@ -415,7 +415,7 @@ def test_bad_arrays_fail_while_writing_and_leave_nothing(case, tmp_path):
 def test_failed_direct_tfds_build_leaves_nothing(tmp_path):
   """Driving tfds directly (no pre-validation): the index error comes from inside tfds' build,
   whose temporary folder is removed."""
-  root = write_files(tmp_path / "NUS-WIDE", _apply(INDEX_CASES["features transposed"][0]))
+  write_files(tmp_path / "NUS-WIDE", _apply(INDEX_CASES["features transposed"][0]))
   builder = nus_wide.NusWide(data_dir=str(tmp_path / "tfds"))
   with pytest.raises(ValueError, match=r"nus_wide_train\.h5: key .* \(transposed"):
     builder.download_and_prepare(download_config=nus_wide.tfds.download.DownloadConfig(
