@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 
 from mlzsl_jax import distributed
 from mlzsl_jax import metrics
+from mlzsl_jax import metrics_open_images
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data import pipeline
 from mlzsl_jax.data.source import DatasetSource, get_dataset
@@ -105,6 +106,11 @@ def _single_label(zsl_scores, gzsl_scores, labels, num_seen: int, config) -> tup
   table += (f"\nHubness (skewness of the 1-occurrence distribution over unseen prototypes): "
             f"{result['zsl']['hubness_skew']:.2f}")
   return result, table
+
+
+for _protocol in metrics_open_images.PROTOCOLS:  # "open_images_official", "open_images_per_label"
+  PROTOCOLS.register(f"open_images_{_protocol}")(
+      metrics_open_images.evaluation_protocol(_protocol))
 
 
 def evaluate_state(trainer, source: DatasetSource, state, config) -> dict:

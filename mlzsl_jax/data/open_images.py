@@ -1,0 +1,874 @@
+"""``open_images``: Open Images v4 for multi-label zero-shot learning, in the BiAM / LESA layout.
+
+Users download the official files themselves and point ``data.manual_dir`` at the folder that
+BiAM calls ``datasets/OpenImages`` (``akshitac8/BiAM``: ``util_openimages.py``,
+``evaluate_openimages.py``, ``feature_extraction/extract_openimages_*.py``; LESA
+``extract_data/``). It holds:
+
+  train_features_lesa/*.h5   many files (~640 images each), one entry per image, keyed by the
+                             image file name (``<ImageID>.jpg``):
+                               ``<name>-features``   float32 [512, 196]  VGG19 conv5_4 of the
+                                                     224x224 image, channels x (14*14 regions)
+                               ``<name>-seenlabels`` int8 [7186]  states of the trainable
+                                                     classes: 1 / -1 (= 2*Confidence-1 of the
+                                                     human-verified labels) / 0 (not annotated)
+  test_features_lesa/*.h5    the same keys plus ``<name>-unseenlabels`` int8 [2594], states of
+                             the unseen classes (official: one file,
+                             ``OPENIMAGES_TEST_CONV5_4_LESA_VGG_NO_CENTERCROP.h5``)
+  2018_04/classes-trainable.txt   7186 class MIDs (``/m/...``), one per line: the seen labels,
+                                  order of ``-seenlabels``
+  2018_04/unseen_labels.pkl       pickled NumPy object array of the 2594 unseen MIDs, order of
+                                  ``-unseenlabels`` (read with ``restricted_pickle``)
+  2018_04/top_400_unseen.csv      no header, first column: the 400 evaluated unseen classes as
+                                  0-based rows of ``unseen_labels.pkl`` (UTF-8 BOM, CRLF)
+  2018_04/class-descriptions.csv  no header, ``MID,display name`` (names with commas quoted)
+  wiki_contexts/OpenImage_w2v_context_window_10_glove-wiki-gigaword-300.pkl  (also looked up
+                                  in ``manual_dir/..``) pickled pair (seen [7186, 300], unseen
+                                  [2594, 300]) GloVe vectors (read with ``restricted_pickle``)
+
+As the official code: image names are the keys without their suffix, sorted within a file
+(``np.unique``); the 400 unseen states are ``-unseenlabels[top_400_unseen]``; embeddings are
+``normalize(seen)`` and ``normalize(unseen[top_400_unseen])`` (rows scaled to unit L2 norm).
+Files of a split are read in sorted path order (the official training loop draws files at
+random; the order here is only a fixed, documented one).
+
+Stored example (tfds, splits "train" and "test"; tensors as raw bytes, ~208 KB per example):
+  features: float16 [196, 512]  ``-features`` transposed (regions row-major over the 14x14 grid)
+  labels:   int8    [7586]      7186 seen states, then the 400 unseen states (train: 0 =
+                                unknown, training files carry no unseen annotation)
+  image_id: string              the image name as keyed in the h5 file (``<ImageID>.jpg``)
+Metadata (JSON, except the embeddings: ``embeddings.npz`` beside it, float32): label_names
+(class descriptions), label_mids, seen_labels / unseen_labels (our indices), unseen_source_rows
+(the top-400 rows of ``unseen_labels.pkl``), grid_shape (14, 14), feature_dim 512,
+embeddings {"glove": [7586, 300] unit rows}, source_files (size + SHA-256 of the label and
+embedding files; name + size of every h5 file), provenance.
+
+Building ~1.7 M training images (~340 GB at fp16) in bounded memory. Both build paths read the
+h5 files ONE AT A TIME and one image at a time; no file is ever loaded whole.
+* Plain path (default, one process): tfds' writer spills to 1000 temporary bucket files once
+  1 GB is buffered and then sorts one bucket at a time; with ``disable_shuffling`` it keeps
+  the key order, so the keys here are the example positions spread evenly over tfds' 128-bit
+  key range (``example_key``): each bucket holds ~1/1000 of the split (~340 MB for the full
+  training split), instead of everything landing in the first bucket. Disk: the buckets hold
+  a second copy of the split until they are written out (~2x the final size transiently).
+  Measured on 20,012 images (a 4.2 GB split, 2 CPU cores): peak RSS 1.7 GB with the spread
+  keys against 4.7 GB with plain positions (which grows with the split); ~490 images/s.
+* Apache Beam (a cluster): ``_generate_examples`` returns
+  ``beam.Create(<h5 files with their first position>) | beam.FlatMap(<read one file>)``
+  when a Beam runner or options are given (``prepare(..., beam_runner=..., beam_options=...)``
+  or ``tfds.download.DownloadConfig(beam_runner=...)``); apache-beam is imported only then
+  (``pip install apache-beam``). Keys are the example positions; the shards keep the order.
+  Command (see ``main``)::
+
+    python -m mlzsl_jax.data.open_images --manual_dir /shared/OpenImages \\
+        --data_dir /shared/tfds --beam -- --runner=FlinkRunner --flink_master=host:8081 \\
+        --environment_type=LOOPBACK --parallelism=64
+
+  (everything after ``--`` goes to Beam's ``PipelineOptions``; the workers must read
+  ``manual_dir``: a shared filesystem, or a ``gs://`` path that TensorFlow's gfile reads;
+  remote paths are opened through ``tf.io.gfile`` and were not tested here).
+
+Validation. Before tfds writes anything: every label file (names, MIDs, top-400 rows,
+class descriptions), the embedding pickle's rows, and every h5 file's key set and dataset
+shapes/dtypes (a truncated or corrupt file fails to open here). While writing: each image's
+values (NaN/inf or beyond float16 in the features, states outside {-1, 0, 1}, unreadable data).
+Every error names the file and the entry; tfds writes into a temporary folder that is removed
+on any error, so no half-written dataset is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import glob as globlib
+import hashlib
+import io
+import json
+import os
+import sys
+import warnings
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from etils import epath
+from tensorflow_datasets.core.utils import tqdm_utils
+
+from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
+
+if __name__ == "__main__":
+  # ``python -m mlzsl_jax.data.open_images``: importing the package above already defined and
+  # registered this module's builder; run that copy's ``main`` instead of defining it twice.
+  from mlzsl_jax.data import open_images as _registered  # pylint: disable=import-self
+  _registered.main()
+  sys.exit(0)
+
+FEATURE_DIM = 512
+GRID_SHAPE = (14, 14)
+NUM_REGIONS = GRID_SHAPE[0] * GRID_SHAPE[1]
+SPLITS = ("train", "test")
+SPLIT_DIRS = {"train": "train_features_lesa", "test": "test_features_lesa"}
+LABEL_DIR = "2018_04"
+SEEN_FILE = "classes-trainable.txt"
+UNSEEN_FILE = "unseen_labels.pkl"
+TOP_UNSEEN_FILE = "top_400_unseen.csv"
+DESCRIPTIONS_FILE = "class-descriptions.csv"
+EMBEDDING_DIR = "wiki_contexts"
+EMBEDDING_FILE = "OpenImage_w2v_context_window_10_glove-wiki-gigaword-300.pkl"
+EMBEDDING_SOURCE = "glove"
+SUFFIX_FEATURES, SUFFIX_SEEN, SUFFIX_UNSEEN = "-features", "-seenlabels", "-unseenlabels"
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+FP16_MAX = float(np.finfo(np.float16).max)
+KEY_SPACE = 1 << 128  # tfds' shuffler key range (128-bit)
+# (seen, unseen in unseen_labels.pkl, evaluated unseen) of the official release: a warning only.
+OFFICIAL_SIZES = (7186, 2594, 400)
+
+# Bumped whenever stored content changes, so a cache built by older code is never reused.
+DATA_VERSION = "1.0.0"
+
+MANUAL_DOWNLOAD_INSTRUCTIONS = (
+    "Set data.manual_dir to the folder BiAM calls datasets/OpenImages, holding "
+    "train_features_lesa/*.h5 and test_features_lesa/*.h5 (BiAM's pre-extracted VGG19 "
+    "features), 2018_04/{classes-trainable.txt, unseen_labels.pkl, top_400_unseen.csv, "
+    "class-descriptions.csv} (BiAM repository, datasets/OpenImages/2018_04; "
+    "classes-trainable.txt and class-descriptions.csv are also in the Open Images 2018_04 "
+    f"release) and {EMBEDDING_DIR}/{EMBEDDING_FILE} (BiAM repository; also looked up in "
+    "manual_dir/..).")
+
+
+# ------------------------------------------------------------------ label files
+
+@dataclasses.dataclass(frozen=True)
+class LabelInfo:
+  """Validated label files, our label order (seen, then the evaluated unseen).
+
+  Attributes:
+    seen_mids: [S] MIDs of ``classes-trainable.txt`` (order of ``-seenlabels``).
+    unseen_mids: [N_u] MIDs of ``unseen_labels.pkl`` (order of ``-unseenlabels``).
+    top_unseen: int64 [U] rows of ``unseen_mids`` evaluated (``top_400_unseen.csv``).
+    label_mids: [S + U] MIDs in our order.
+    label_names: [S + U] display names (``class-descriptions.csv``).
+    embeddings: float32 [S + U, 300], unit rows, our order.
+    files: name -> path of each file read.
+  """
+
+  seen_mids: tuple[str, ...]
+  unseen_mids: tuple[str, ...]
+  top_unseen: np.ndarray
+  label_mids: tuple[str, ...]
+  label_names: tuple[str, ...]
+  embeddings: np.ndarray
+  files: dict[str, str]
+
+  @property
+  def num_seen(self) -> int:
+    return len(self.seen_mids)
+
+  @property
+  def num_labels(self) -> int:
+    return len(self.label_mids)
+
+
+def _require_file(path: str) -> str:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path}: file not found; {MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  return path
+
+
+def _read_text(path: str) -> str:
+  try:
+    with open(path, "r", encoding="utf-8-sig", newline=None) as f:
+      return f.read()
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not a UTF-8 text file: {e}") from e
+
+
+def _unique_mids(path: str, mids: Sequence[str], what: str) -> tuple[str, ...]:
+  seen: dict[str, int] = {}
+  for i, mid in enumerate(mids):
+    if not mid:
+      raise ValueError(f"{path}: entry {i} ({what}) is empty; expected a class MID like "
+                       f"'/m/0100nhbf'")
+    if mid in seen:
+      raise ValueError(f"{path}: MID {mid!r} appears twice (entries {seen[mid]} and {i}); "
+                       f"expected each {what} once")
+    seen[mid] = i
+  return tuple(mids)
+
+
+def read_seen_mids(path: str) -> tuple[str, ...]:
+  """``classes-trainable.txt``: one MID per line (official: ``line.rstrip()``)."""
+  lines = _read_text(_require_file(path)).splitlines()
+  while lines and not lines[-1].strip():
+    lines.pop()
+  return _unique_mids(path, [line.strip() for line in lines], "seen class")
+
+
+def read_unseen_mids(path: str) -> tuple[str, ...]:
+  """``unseen_labels.pkl``: a pickled 1-D array (or list) of MID strings."""
+  from mlzsl_jax.data import restricted_pickle  # pylint: disable=import-outside-toplevel
+  obj = restricted_pickle.load(_require_file(path))
+  arr = np.asarray(obj, dtype=object) if isinstance(obj, (list, tuple)) else obj
+  if not isinstance(arr, np.ndarray) or arr.ndim != 1:
+    raise ValueError(f"{path}: expected a pickled 1-D array of unseen class MIDs, got "
+                     f"{type(obj).__name__} {getattr(obj, 'shape', '')}")
+  mids = []
+  for i, item in enumerate(arr.tolist()):
+    if isinstance(item, bytes):
+      item = item.decode("utf-8", errors="replace")
+    if not isinstance(item, str):
+      raise ValueError(f"{path}: entry {i} must be a MID string, got {type(item).__name__} "
+                       f"{item!r}")
+    mids.append(item.strip())
+  return _unique_mids(path, mids, "unseen class")
+
+
+def read_top_unseen(path: str, num_unseen: int) -> np.ndarray:
+  """``top_400_unseen.csv``: first column, 0-based rows of ``unseen_labels.pkl`` -> int64."""
+  rows = []
+  for number, line in enumerate(_read_text(_require_file(path)).splitlines(), start=1):
+    if not line.strip():
+      continue
+    field = line.split(",")[0].strip().strip('"')
+    try:
+      value = int(field)
+    except ValueError:
+      raise ValueError(f"{path}: line {number}: expected an integer row of {UNSEEN_FILE} in "
+                       f"the first column, got {field!r}") from None
+    if not 0 <= value < num_unseen:
+      raise ValueError(f"{path}: line {number}: row {value} out of range; {UNSEEN_FILE} has "
+                       f"{num_unseen} unseen classes (0-based rows 0..{num_unseen - 1})")
+    rows.append(value)
+  if not rows:
+    raise ValueError(f"{path}: no row listed; expected the evaluated unseen classes")
+  uniq, counts = np.unique(rows, return_counts=True)
+  if np.any(counts > 1):
+    raise ValueError(f"{path}: row {uniq[counts > 1][0]} listed {counts.max()} times; "
+                     f"expected each unseen class once")
+  return np.asarray(rows, np.int64)
+
+
+def read_descriptions(path: str) -> dict[str, str]:
+  """``class-descriptions.csv``: MID -> name (official parse: split at the first comma, strip
+  spaces and double quotes)."""
+  out = {}
+  for number, line in enumerate(_read_text(_require_file(path)).splitlines(), start=1):
+    if not line.strip():
+      continue
+    mid, sep, name = line.partition(",")
+    if not sep:
+      raise ValueError(f"{path}: line {number}: expected 'MID,name', got {line[:80]!r}")
+    out[mid.strip(' "')] = name.strip(' "')
+  return out
+
+
+def find_embedding_file(manual_dir: str) -> str:
+  candidates = [os.path.join(manual_dir, EMBEDDING_DIR, EMBEDDING_FILE),
+                os.path.join(os.path.dirname(os.path.abspath(manual_dir)), EMBEDDING_DIR,
+                             EMBEDDING_FILE),
+                os.path.join(manual_dir, EMBEDDING_FILE)]
+  for path in candidates:
+    if os.path.isfile(path):
+      return path
+  raise FileNotFoundError(f"label embeddings {EMBEDDING_FILE} not found (looked for "
+                          f"{candidates}); {MANUAL_DOWNLOAD_INSTRUCTIONS}")
+
+
+def load_labels(manual_dir: str) -> LabelInfo:
+  """Read and validate the label and embedding files of ``manual_dir``.
+
+  Raises:
+    FileNotFoundError: a file is missing.
+    ValueError: an unreadable file, a duplicate MID, a top-400 row out of range, a MID absent
+      from ``class-descriptions.csv``, embedding rows that do not match the class lists, NaN
+      or all-zero vectors; each names the file and the entry.
+  """
+  from mlzsl_jax.data import embeddings as emb_lib  # pylint: disable=import-outside-toplevel
+  label_dir = os.path.join(manual_dir, LABEL_DIR)
+  files = {SEEN_FILE: os.path.join(label_dir, SEEN_FILE),
+           UNSEEN_FILE: os.path.join(label_dir, UNSEEN_FILE),
+           TOP_UNSEEN_FILE: os.path.join(label_dir, TOP_UNSEEN_FILE),
+           DESCRIPTIONS_FILE: os.path.join(label_dir, DESCRIPTIONS_FILE)}
+  for path in files.values():
+    _require_file(path)
+  files[EMBEDDING_FILE] = find_embedding_file(manual_dir)
+  seen = read_seen_mids(files[SEEN_FILE])
+  unseen = read_unseen_mids(files[UNSEEN_FILE])
+  both = sorted(set(seen) & set(unseen))
+  if both:
+    raise ValueError(f"{files[UNSEEN_FILE]}: MID {both[0]!r} is also a seen class in "
+                     f"{files[SEEN_FILE]} ({len(both)} shared); expected disjoint lists")
+  top = read_top_unseen(files[TOP_UNSEEN_FILE], len(unseen))
+  descriptions = read_descriptions(files[DESCRIPTIONS_FILE])
+  label_mids = seen + tuple(unseen[i] for i in top)
+  for i, mid in enumerate(label_mids):
+    if mid not in descriptions:
+      source = (f"{files[SEEN_FILE]} line {i + 1}" if i < len(seen) else
+                f"{files[UNSEEN_FILE]} entry {top[i - len(seen)]} (listed in "
+                f"{TOP_UNSEEN_FILE})")
+      raise ValueError(f"{files[DESCRIPTIONS_FILE]}: no name for class MID {mid!r} "
+                       f"({source}); expected a line '{mid},<name>'")
+  names = tuple(descriptions[m] for m in label_mids)
+
+  path = files[EMBEDDING_FILE]
+  seen_vecs, unseen_vecs = emb_lib.load_open_images_embeddings(path, num_seen=None,
+                                                               normalise=False)
+  if seen_vecs.shape[0] != len(seen):
+    raise ValueError(f"{path}: entry 0 (seen vectors) has {seen_vecs.shape[0]} rows, but "
+                     f"{files[SEEN_FILE]} lists {len(seen)} classes (one row per class)")
+  if unseen_vecs.shape[0] != len(unseen):
+    raise ValueError(f"{path}: entry 1 (unseen vectors) has {unseen_vecs.shape[0]} rows, but "
+                     f"{files[UNSEEN_FILE]} lists {len(unseen)} classes (one row per class)")
+  # Official: normalize(src_att[0]), normalize(src_att[1][idx_top_unseen]).
+  table = np.concatenate([seen_vecs, unseen_vecs[top]], axis=0)
+  what = f"{path} (rows: {SEEN_FILE} classes, then the {TOP_UNSEEN_FILE} rows of entry 1)"
+  table = emb_lib.l2_normalise_rows(table, what, [f"{m} = {n}" for m, n in
+                                                  zip(label_mids, names)])
+  return LabelInfo(seen_mids=seen, unseen_mids=unseen, top_unseen=top, label_mids=label_mids,
+                   label_names=names, embeddings=table, files=files)
+
+
+# ------------------------------------------------------------------ h5 files
+
+@dataclasses.dataclass(frozen=True)
+class SplitFiles:
+  """The h5 files of one split, scanned (keys and shapes only).
+
+  Attributes:
+    split: "train" or "test".
+    paths: [F] files, sorted.
+    counts: [F] images per file.
+  """
+
+  split: str
+  paths: tuple[str, ...]
+  counts: tuple[int, ...]
+
+  @property
+  def total(self) -> int:
+    return int(sum(self.counts))
+
+  @property
+  def offsets(self) -> tuple[int, ...]:
+    """Position (in the split) of each file's first image."""
+    return tuple(int(x) for x in np.cumsum((0,) + self.counts[:-1]))
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+@contextlib.contextmanager
+def open_h5(path: str) -> Iterator[h5py.File]:
+  """``h5py.File(path, 'r')`` (remote paths through ``tf.io.gfile``); ValueError naming the
+  file when it is not a readable HDF5 file (truncated, corrupt)."""
+  try:
+    handle = tf.io.gfile.GFile(path, "rb") if _is_remote(path) else None
+    f = h5py.File(handle if handle is not None else path, "r")
+  except Exception as e:  # noqa: BLE001  (h5py raises OSError and others on damaged files)
+    raise ValueError(f"{path}: cannot open as an HDF5 file (truncated or corrupt?): "
+                     f"{type(e).__name__}: {e}") from e
+  try:
+    yield f
+  finally:
+    f.close()
+    if handle is not None:
+      handle.close()
+
+
+def list_h5_files(manual_dir: str, split: str) -> tuple[str, ...]:
+  folder = os.path.join(manual_dir, SPLIT_DIRS[split])
+  paths = (tf.io.gfile.glob(os.path.join(folder, "*.h5")) if _is_remote(folder)
+           else globlib.glob(os.path.join(folder, "*.h5")))
+  if not paths:
+    raise FileNotFoundError(f"{folder}: no *.h5 file for split {split!r}; "
+                            f"{MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  return tuple(sorted(paths))
+
+
+def _suffixes(split: str) -> tuple[str, ...]:
+  return (SUFFIX_FEATURES, SUFFIX_SEEN) + ((SUFFIX_UNSEEN,) if split == "test" else ())
+
+
+def image_names(path: str, f: h5py.File, split: str) -> list[str]:
+  """Sorted image names of an open file; ValueError naming the file and key for an unknown
+  key or an image missing one of its entries."""
+  suffixes = _suffixes(split)
+  found: dict[str, set[str]] = {}
+  for key in f.keys():
+    for suffix in (SUFFIX_FEATURES, SUFFIX_SEEN, SUFFIX_UNSEEN):
+      if key.endswith(suffix) and len(key) > len(suffix):
+        if suffix not in suffixes:
+          raise ValueError(f"{path}: unexpected key {key!r}: {split} files hold only "
+                           f"{['<name>' + s for s in suffixes]}")
+        found.setdefault(key[:-len(suffix)], set()).add(suffix)
+        break
+    else:
+      raise ValueError(f"{path}: unexpected key {key!r}; expected keys "
+                       f"{['<name>' + s for s in suffixes]} per image")
+  names = sorted(found)
+  for name in names:
+    missing = [s for s in suffixes if s not in found[name]]
+    if missing:
+      raise ValueError(f"{path}: missing key {name + missing[0]!r} (image {name!r} has "
+                       f"{sorted(name + s for s in found[name])}; expected "
+                       f"{[name + s for s in suffixes]})")
+  return names
+
+
+def _expected_shapes(split: str, labels: LabelInfo) -> dict[str, tuple[int, ...]]:
+  shapes = {SUFFIX_FEATURES: (FEATURE_DIM, NUM_REGIONS), SUFFIX_SEEN: (labels.num_seen,)}
+  if split == "test":
+    shapes[SUFFIX_UNSEEN] = (len(labels.unseen_mids),)
+  return shapes
+
+
+def _check_dataset(path: str, key: str, obj: Any, shape: tuple[int, ...]) -> None:
+  if not isinstance(obj, h5py.Dataset):
+    raise ValueError(f"{path}: key {key!r} must be a dataset, got {type(obj).__name__}")
+  if tuple(obj.shape) != shape:
+    hint = (" (transposed? the official layout is channels x regions)"
+            if tuple(obj.shape) == shape[::-1] and len(shape) == 2 else "")
+    raise ValueError(f"{path}: key {key!r} must have shape {list(shape)}, got "
+                     f"{list(obj.shape)}{hint}")
+  if obj.dtype.kind not in "fiub":
+    raise ValueError(f"{path}: key {key!r} must be numeric, got dtype {obj.dtype}")
+
+
+def scan_split(manual_dir: str, split: str, labels: LabelInfo) -> SplitFiles:
+  """Opens every h5 file of ``split`` once (one at a time) and checks keys, shapes, dtypes.
+
+  Reads metadata only (no feature values). Warns about image names that occur in several
+  files.
+  """
+  paths = list_h5_files(manual_dir, split)
+  shapes = _expected_shapes(split, labels)
+  counts, seen_names, duplicates = [], set(), []
+  for path in paths:
+    with open_h5(path) as f:
+      names = image_names(path, f, split)
+      if not names:
+        raise ValueError(f"{path}: holds no image (no '<name>{SUFFIX_FEATURES}' key)")
+      for name in names:
+        for suffix, shape in shapes.items():
+          _check_dataset(path, name + suffix, f.get(name + suffix), shape)
+    for name in names:
+      if name in seen_names:
+        duplicates.append((name, path))
+      seen_names.add(name)
+    counts.append(len(names))
+  if duplicates:
+    warnings.warn(f"open_images {split}: {len(duplicates)} image name(s) occur in more than "
+                  f"one file (first: {duplicates[0][0]!r} again in {duplicates[0][1]}); each "
+                  f"occurrence is kept", stacklevel=2)
+  return SplitFiles(split=split, paths=paths, counts=tuple(counts))
+
+
+# ------------------------------------------------------------------ reading examples
+
+@dataclasses.dataclass(frozen=True)
+class ReadSpec:
+  """What a worker needs to turn one h5 file into examples (small, picklable for Beam)."""
+
+  split: str
+  num_seen: int
+  num_unseen_all: int
+  top_unseen: tuple[int, ...]
+  label_mids: tuple[str, ...]  # our order (seen, then evaluated unseen): error messages
+  unseen_mids: tuple[str, ...]  # order of '-unseenlabels': error messages
+  total: int  # examples in the split
+  spread_keys: bool  # plain path: keys spread over tfds' 128-bit range (see example_key)
+
+
+def example_key(position: int, total: int, spread: bool = True) -> int:
+  """tfds key of the example at ``position`` (0-based) of a split of ``total`` examples.
+
+  With ``disable_shuffling`` tfds keeps the key order; its plain-path writer puts a key in
+  bucket ``floor(key * 1000 / 2**128)``. Spreading ``position * (2**128 // total)`` gives
+  each of the 1000 buckets ~total/1000 examples (sorted in memory one bucket at a time);
+  plain positions would all fall in bucket 0. Beam's writer normalises by the largest key,
+  so there ``spread=False`` (the position itself).
+  """
+  return position * (KEY_SPACE // max(total, 1)) if spread else position
+
+
+def _read(path: str, f: h5py.File, key: str) -> np.ndarray:
+  try:
+    return np.asarray(f[key][()])
+  except Exception as e:  # noqa: BLE001
+    raise ValueError(f"{path}: cannot read key {key!r} (truncated or corrupt file?): "
+                     f"{type(e).__name__}: {e}") from e
+
+
+def _states(path: str, key: str, values: np.ndarray, length: int,
+            mids: Sequence[str]) -> np.ndarray:
+  if values.shape != (length,):
+    raise ValueError(f"{path}: key {key!r} must have shape [{length}], got "
+                     f"{list(values.shape)}")
+  bad = np.flatnonzero((values != 1) & (values != -1) & (values != 0))
+  if bad.size:
+    raise ValueError(f"{path}: key {key!r} has state {values[bad[0]].item()!r} at entry {bad[0]}"
+                     f" ({mids[bad[0]]}); expected states in {{-1, 0, 1}} ({bad.size} bad entries)")
+  return values.astype(np.int8)
+
+
+def read_file_examples(path: str, offset: int, count: int, spec: ReadSpec
+                       ) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(key, example) of every image of one h5 file, read one image at a time.
+
+  Args:
+    path: the file.
+    offset: position (in the split) of its first image.
+    count: images the scan found in it (checked again: the file must not have changed).
+    spec: ``ReadSpec``.
+  """
+  with open_h5(path) as f:
+    names = image_names(path, f, spec.split)
+    if len(names) != count:
+      raise ValueError(f"{path}: holds {len(names)} images, {count} when scanned (changed "
+                       f"during the build?)")
+    top = np.asarray(spec.top_unseen, np.int64)
+    for i, name in enumerate(names):
+      key = name + SUFFIX_FEATURES
+      feats = _read(path, f, key)
+      if feats.shape != (FEATURE_DIM, NUM_REGIONS):
+        raise ValueError(f"{path}: key {key!r} must have shape [{FEATURE_DIM}, "
+                         f"{NUM_REGIONS}], got {list(feats.shape)}")
+      if feats.dtype.kind not in "fiub":
+        raise ValueError(f"{path}: key {key!r} must be numeric, got dtype {feats.dtype}")
+      feats = feats.astype(np.float32, copy=False)
+      finite = np.isfinite(feats)
+      if not finite.all():
+        bad = np.argwhere(~finite)[0]
+        raise ValueError(f"{path}: key {key!r} has NaN/inf values ({int((~finite).sum())}; "
+                         f"first at channel {bad[0]}, region {bad[1]})")
+      if np.abs(feats).max() > FP16_MAX:
+        raise ValueError(f"{path}: key {key!r} has values beyond the float16 range (|x| > "
+                         f"{FP16_MAX:g}); cannot store as float16")
+      labels = np.zeros(len(spec.label_mids), np.int8)
+      labels[:spec.num_seen] = _states(path, name + SUFFIX_SEEN,
+                                       _read(path, f, name + SUFFIX_SEEN), spec.num_seen,
+                                       spec.label_mids[:spec.num_seen])
+      if spec.split == "test":
+        unseen = _states(path, name + SUFFIX_UNSEEN, _read(path, f, name + SUFFIX_UNSEEN),
+                         spec.num_unseen_all, spec.unseen_mids)
+        labels[spec.num_seen:] = unseen[top]
+      yield example_key(offset + i, spec.total, spec.spread_keys), {
+          "features": np.ascontiguousarray(feats.T).astype(np.float16),
+          "labels": labels,
+          "image_id": name,
+      }
+
+
+def _read_file_element(element: tuple[str, int, int], spec: ReadSpec
+                       ) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Beam FlatMap function: one (path, offset, count) element -> its examples."""
+  path, offset, count = element
+  yield from read_file_examples(path, offset, count, spec)
+
+
+def iter_split_examples(files: SplitFiles, spec: ReadSpec
+                        ) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Plain path: the files of a split one after the other (one open file at a time)."""
+  for path, offset, count in zip(files.paths, files.offsets, files.counts):
+    yield from read_file_examples(path, offset, count, spec)
+
+
+def _beam():
+  try:
+    return tfds.core.lazy_imports.apache_beam
+  except ImportError as e:
+    raise ImportError(f"open_images: building with Apache Beam needs the apache-beam package "
+                      f"(pip install apache-beam[...runner extras]): {e}") from e
+
+
+# ------------------------------------------------------------------ metadata
+
+def file_fingerprint(path: str) -> dict[str, Any]:
+  """{"bytes": size, "sha256": hex digest} of a (small) file, streamed."""
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
+
+
+def _file_size(path: str) -> int:
+  return int(tf.io.gfile.stat(path).length) if _is_remote(path) else os.path.getsize(path)
+
+
+def metadata(labels: LabelInfo, splits: dict[str, SplitFiles], manual_dir: str
+             ) -> dict[str, Any]:
+  """Dataset metadata (see the module docstring); embeddings as a float32 array."""
+  s, n = labels.num_seen, labels.num_labels
+  return {
+      "label_names": list(labels.label_names),
+      "label_mids": list(labels.label_mids),
+      "seen_labels": list(range(s)),
+      "unseen_labels": list(range(s, n)),
+      "unseen_source_rows": [int(i) for i in labels.top_unseen],
+      "grid_shape": list(GRID_SHAPE),
+      "feature_dim": FEATURE_DIM,
+      "num_examples": {k: v.total for k, v in splits.items()},
+      "embeddings": {EMBEDDING_SOURCE: labels.embeddings},
+      "source_files": {
+          **{name: file_fingerprint(path) for name, path in labels.files.items()},
+          **{split: [{"file": os.path.relpath(p, manual_dir) if not _is_remote(p) else p,
+                      "bytes": _file_size(p), "images": c}
+                     for p, c in zip(v.paths, v.counts)] for split, v in splits.items()},
+      },
+      "provenance": (
+          f"Open Images v4 (BiAM/LESA layout): features = h5 '<name>{SUFFIX_FEATURES}' "
+          f"[512, 196] transposed to [196, 512], float16; labels = '<name>{SUFFIX_SEEN}' "
+          f"({s} classes of {SEEN_FILE}) then '<name>{SUFFIX_UNSEEN}' at the {n - s} rows of "
+          f"{TOP_UNSEEN_FILE} (train: 0 = unknown); states 1/-1/0; embeddings "
+          f"'{EMBEDDING_SOURCE}' = {EMBEDDING_FILE} rows (seen, then unseen[top 400]) L2-"
+          f"normalised per row as the official code; names from {DESCRIPTIONS_FILE}"),
+  }
+
+
+class OpenImagesMetadata(tfds.core.Metadata):
+  """tfds metadata: JSON (``metadata.json``) plus the embeddings as ``embeddings.npz``
+  (float32, ~9 MB instead of ~46 MB of JSON numbers; loaded without pickle)."""
+
+  NPZ = "embeddings.npz"
+
+  def save_metadata(self, data_dir):
+    data_dir = epath.Path(data_dir)
+    content = dict(self)
+    embeddings = content.pop("embeddings", {})
+    with (data_dir / tfds.core.constants.METADATA_FILENAME).open("w") as f:
+      json.dump(content, f)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v, np.float32) for k, v in embeddings.items()})
+    (data_dir / self.NPZ).write_bytes(buffer.getvalue())
+
+  def load_metadata(self, data_dir):
+    data_dir = epath.Path(data_dir)
+    self.clear()
+    with (data_dir / tfds.core.constants.METADATA_FILENAME).open("r") as f:
+      self.update(json.load(f))
+    with np.load(io.BytesIO((data_dir / self.NPZ).read_bytes()), allow_pickle=False) as npz:
+      self["embeddings"] = {k: npz[k] for k in npz.files}
+
+
+# ------------------------------------------------------------------ tfds builder
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """Everything validated before tfds writes: label files and the scanned h5 files."""
+
+  manual_dir: str
+  labels: LabelInfo
+  splits: dict[str, SplitFiles]
+
+
+def load_and_scan(manual_dir: str) -> Prepared:
+  """``load_labels`` + ``scan_split`` of both splits (no feature values are read)."""
+  manual_dir = os.path.expanduser(manual_dir)
+  if not _is_remote(manual_dir) and not os.path.isdir(manual_dir):
+    raise FileNotFoundError(f"config field data.manual_dir: folder {manual_dir!r} does not "
+                            f"exist; {MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  labels = load_labels(manual_dir)
+  got = (labels.num_seen, len(labels.unseen_mids), labels.num_labels - labels.num_seen)
+  if got != OFFICIAL_SIZES:
+    warnings.warn(f"open_images: label files give (seen, unseen in {UNSEEN_FILE}, evaluated "
+                  f"unseen) = {got}; the official release has {OFFICIAL_SIZES}",
+                  stacklevel=2)
+  splits = {split: scan_split(manual_dir, split, labels) for split in SPLITS}
+  return Prepared(manual_dir=manual_dir, labels=labels, splits=splits)
+
+
+class OpenImages(tfds.core.GeneratorBasedBuilder):
+  """tfds builder over the official Open Images v4 files; see the module docstring."""
+
+  VERSION = tfds.core.Version(DATA_VERSION)
+  RELEASE_NOTES = {"1.0.0": "First release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+
+  @tfds.core.utils.classproperty
+  @classmethod
+  def code_path(cls):
+    """None: nothing is downloaded (tfds 4.9.10 otherwise needs importlib_resources)."""
+    return None
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=__doc__.split("\n\n")[0],
+        # Raw bytes: 2 bytes per feature value and 1 per state (tfds' default encoding
+        # stores float16 as a float32 FloatList and int8 as varint int64: ~2x the size for a
+        # ~340 GB split, and ~15x slower to serialize).
+        features=tfds.features.FeaturesDict({
+            "features": tfds.features.Tensor(shape=(NUM_REGIONS, FEATURE_DIM),
+                                             dtype=np.float16,
+                                             encoding=tfds.features.Encoding.BYTES),
+            # The number of labels is only known from the files (7186 + 400 officially).
+            "labels": tfds.features.Tensor(shape=(None,), dtype=np.int8,
+                                           encoding=tfds.features.Encoding.BYTES),
+            "image_id": tfds.features.Text(),
+        }),
+        metadata=OpenImagesMetadata(),
+        disable_shuffling=True,  # file order, then image-name order within a file
+    )
+
+  _preloaded: Prepared | None = None  # set by ``prepare``: validated before tfds writes
+  _use_beam: bool = False
+
+  def _download_and_prepare(self, dl_manager, download_config):
+    self._use_beam = (download_config.beam_runner is not None
+                      or download_config.beam_options is not None)
+    return super()._download_and_prepare(dl_manager, download_config)
+
+  def _split_generators(self, dl_manager):
+    manual_dir = os.fspath(dl_manager.manual_dir)
+    prepared = self._preloaded
+    if prepared is None or prepared.manual_dir != manual_dir:
+      prepared = load_and_scan(manual_dir)
+    self.info.metadata.update(metadata(prepared.labels, prepared.splits, manual_dir))
+    return {split: self._generate_examples(prepared, split) for split in SPLITS}
+
+  def _generate_examples(self, prepared: Prepared, split: str):
+    """Examples of ``split``: a generator (plain path) or, when Beam was requested, the
+    PTransform ``beam.Create(files) | beam.FlatMap(read_one_file)``."""
+    files = prepared.splits[split]
+    labels = prepared.labels
+    spec = ReadSpec(split=split, num_seen=labels.num_seen,
+                    num_unseen_all=len(labels.unseen_mids),
+                    top_unseen=tuple(int(i) for i in labels.top_unseen),
+                    label_mids=labels.label_mids, unseen_mids=labels.unseen_mids,
+                    total=files.total,
+                    spread_keys=not self._use_beam)
+    if not self._use_beam:
+      return iter_split_examples(files, spec)
+    beam = _beam()
+    elements = list(zip(files.paths, files.offsets, files.counts))
+    return (f"Files{split}" >> beam.Create(elements)
+            | f"Read{split}" >> beam.FlatMap(_read_file_element, spec=spec))
+
+
+def check_split(split: str) -> None:
+  if split not in SPLITS:
+    raise ValueError(f"open_images: unknown split {split!r}; expected one of {SPLITS}")
+
+
+class OpenImagesSource:
+  """``DatasetSource`` over a prepared ``OpenImages`` builder.
+
+  Attributes:
+    meta: ``DatasetMeta``.
+    seen_ids / unseen_ids: our label indices (0..S-1 / S..S+U-1).
+    label_mids: the class MID of each label.
+  """
+
+  def __init__(self, builder: OpenImages):
+    self.builder = builder
+    self.meta: DatasetMeta = meta_from_tfds("open_images", builder, SPLITS)
+    md = builder.info.metadata
+    self.seen_ids = tuple(int(i) for i in md["seen_labels"])
+    self.unseen_ids = tuple(int(i) for i in md["unseen_labels"])
+    self.label_mids = tuple(md["label_mids"])
+
+  def as_tf_dataset(self, split: str) -> tf.data.Dataset:
+    """Examples {features f16 [196, 512], labels int8 [S + U], image_id}, file order."""
+    check_split(split)
+    ds = self.builder.as_dataset(split=split, shuffle_files=False)
+    num_labels = self.meta.num_labels
+    return ds.map(lambda ex: {"features": ex["features"],
+                              "labels": tf.ensure_shape(ex["labels"], (num_labels,)),
+                              "image_id": ex["image_id"]})
+
+
+def _check_sources(builder: OpenImages, manual_dir: str) -> None:
+  """ValueError when the label/embedding files differ from those the dataset was built from."""
+  stored = builder.info.metadata.get("source_files", {})
+  labels_dir = os.path.join(manual_dir, LABEL_DIR)
+  for name in (SEEN_FILE, UNSEEN_FILE, TOP_UNSEEN_FILE, DESCRIPTIONS_FILE):
+    want = stored.get(name)
+    path = os.path.join(labels_dir, name)
+    if want is None or not os.path.isfile(path):
+      continue
+    if os.path.getsize(path) != want["bytes"] or file_fingerprint(path) != want:
+      raise ValueError(
+          f"{path}: differs from the file the prepared dataset at {builder.data_dir} was "
+          f"built from (size/SHA-256 {want}); delete that folder to rebuild, or set another "
+          f"data.data_dir")
+
+
+def prepare(manual_dir: str = "", data_dir: str | None = None, *,
+            beam_runner: Any = None, beam_options: Any = None,
+            progress: bool = True) -> OpenImages:
+  """Builder under ``data_dir``, built from ``manual_dir`` the first time.
+
+  Args:
+    manual_dir: the official files (module docstring); may be '' once prepared.
+    data_dir: tfds data folder (default ``~/tensorflow_datasets``).
+    beam_runner / beam_options: build with Apache Beam (``tfds.download.DownloadConfig``'s
+      fields); None for both: the plain single-process path.
+    progress: tfds' progress bars.
+  """
+  data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
+  builder = OpenImages(data_dir=data_dir)
+  if builder.is_prepared():
+    if manual_dir:
+      _check_sources(builder, os.path.expanduser(manual_dir))
+    return builder
+  if not manual_dir:
+    raise ValueError(
+        f"config field data.manual_dir: required to build open_images (not prepared under "
+        f"{data_dir!r}), got ''; {MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  prepared = load_and_scan(manual_dir)  # before tfds touches data_dir
+  print(f"open_images: building from {prepared.manual_dir} into {builder.data_dir} "
+        f"({prepared.splits['train'].total} train, {prepared.splits['test'].total} test "
+        f"images{', Apache Beam' if beam_runner or beam_options else ''})", flush=True)
+  builder._preloaded = prepared  # pylint: disable=protected-access
+  bars = getattr(tqdm_utils, "_active", True)
+  tfds.display_progress_bar(progress)
+  try:
+    # tfds writes into a temporary folder, renamed only on success and removed on error.
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=prepared.manual_dir, try_download_gcs=False, beam_runner=beam_runner,
+        beam_options=beam_options))
+  finally:
+    tfds.display_progress_bar(bars)
+    builder._preloaded = None  # pylint: disable=protected-access
+  return builder
+
+
+@register_dataset("open_images")
+def open_images_factory(data_config) -> OpenImagesSource:
+  """Registered factory: reads data.manual_dir (required until prepared) and data.data_dir,
+  prepares the dataset if needed (plain path; for Beam run ``python -m
+  mlzsl_jax.data.open_images ... --beam``), returns its ``DatasetSource``."""
+  manual_dir = data_config.get("manual_dir", "") or ""
+  if not isinstance(manual_dir, str):
+    raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
+                     f"{manual_dir!r}")
+  return OpenImagesSource(prepare(manual_dir, data_config.get("data_dir", None) or None))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  """``python -m mlzsl_jax.data.open_images --manual_dir D --data_dir T [--beam -- OPTS]``."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  beam_args = []
+  if "--" in argv:
+    cut = argv.index("--")
+    argv, beam_args = argv[:cut], argv[cut + 1:]
+  parser = argparse.ArgumentParser(description="Build the open_images tfds dataset.")
+  parser.add_argument("--manual_dir", required=True)
+  parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
+  parser.add_argument("--beam", action="store_true",
+                      help="build with Apache Beam; options after '--' go to PipelineOptions")
+  args = parser.parse_args(argv)
+  options = None
+  if args.beam:
+    options = _beam().options.pipeline_options.PipelineOptions(flags=beam_args)
+  elif beam_args:
+    parser.error("Beam options after '--' need --beam")
+  builder = prepare(args.manual_dir, args.data_dir, beam_options=options)
+  print(f"open_images: prepared at {builder.data_dir}: "
+        f"{ {s: builder.info.splits[s].num_examples for s in SPLITS} }")
+
