@@ -42,6 +42,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from mlzsl_jax.data import attributes
+from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
 NUM_CLASSES = 10
@@ -322,7 +323,7 @@ def make_builder_config(params: MosaicParams) -> DigitsMosaicConfig:
                             description=f"digits mosaics {params}", params=params)
 
 
-class DigitsMosaic(tfds.core.GeneratorBasedBuilder):
+class DigitsMosaic(tfds_common.LocalBuilder):
   """tfds builder over ``generate_split``; see the module docstring."""
 
   VERSION = tfds.core.Version(DATA_VERSION)
@@ -333,15 +334,6 @@ class DigitsMosaic(tfds.core.GeneratorBasedBuilder):
                             "'description_tokens' (DEM text encoder)."}
   BUILDER_CONFIGS = [make_builder_config(MosaicParams())]
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    """None: this builder downloads nothing, so it has no checksums file beside its code.
-
-    tfds 4.9.10 otherwise resolves the path through ``importlib_resources``, a package it
-    only declares for Python < 3.9, and fails with ModuleNotFoundError on 3.11.
-    """
-    return None
 
   @property
   def params(self) -> MosaicParams:

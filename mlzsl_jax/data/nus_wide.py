@@ -67,6 +67,7 @@ import tensorflow_datasets as tfds
 
 from mlzsl_jax.data import embeddings as emb_lib
 from mlzsl_jax.data import restricted_pickle
+from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
 TRAIN_H5 = os.path.join("features", "nus_wide_train.h5")
@@ -497,39 +498,19 @@ def _warn_if_unofficial(index: NusWideIndex) -> None:
 
 # ------------------------------------------------------------------ tfds builder
 
-class NusWide(tfds.core.GeneratorBasedBuilder):
+class NusWide(tfds_common.LocalBuilder):
   """tfds builder over the official BiAM NUS-WIDE files; see the module docstring."""
 
   VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    """None: nothing is downloaded, so there is no checksums file beside the code.
-
-    tfds 4.9.10 otherwise resolves the path through ``importlib_resources``, a package it
-    only declares for Python < 3.9, and fails with ModuleNotFoundError on 3.11.
-    """
-    return None
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n\n")[0],
-        # Raw bytes: really 2 bytes per feature value (tfds's default encoding would store
-        # float16 as a float32 FloatList, twice the size, and int8 as int64) and ~15x faster
-        # to serialize.
-        features=tfds.features.FeaturesDict({
-            "features": tfds.features.Tensor(shape=(NUM_REGIONS, FEATURE_DIM),
-                                             dtype=np.float16,
-                                             encoding=tfds.features.Encoding.BYTES),
-            # The number of labels comes from the files (1006 in the official release).
-            "labels": tfds.features.Tensor(shape=(None,), dtype=np.int8,
-                                           encoding=tfds.features.Encoding.BYTES),
-            "image_id": tfds.features.Text(),
-        }),
+        features=tfds_common.region_example_features(NUM_REGIONS, FEATURE_DIM),
         metadata=tfds.core.MetadataDict(),
         disable_shuffling=True,  # records stay in the order of the name lists
     )

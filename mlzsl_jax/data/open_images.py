@@ -100,6 +100,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
 if __name__ == "__main__":
@@ -685,35 +686,19 @@ def load_and_scan(manual_dir: str) -> Prepared:
   return Prepared(manual_dir=manual_dir, labels=labels, splits=splits)
 
 
-class OpenImages(tfds.core.GeneratorBasedBuilder):
+class OpenImages(tfds_common.LocalBuilder):
   """tfds builder over the official Open Images v4 files; see the module docstring."""
 
   VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    """None: nothing is downloaded (tfds 4.9.10 otherwise needs importlib_resources)."""
-    return None
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n\n")[0],
-        # Raw bytes: 2 bytes per feature value and 1 per state (tfds' default encoding
-        # stores float16 as a float32 FloatList and int8 as varint int64: ~2x the size for a
-        # ~340 GB split, and ~15x slower to serialize).
-        features=tfds.features.FeaturesDict({
-            "features": tfds.features.Tensor(shape=(NUM_REGIONS, FEATURE_DIM),
-                                             dtype=np.float16,
-                                             encoding=tfds.features.Encoding.BYTES),
-            # The number of labels is only known from the files (7186 + 400 officially).
-            "labels": tfds.features.Tensor(shape=(None,), dtype=np.int8,
-                                           encoding=tfds.features.Encoding.BYTES),
-            "image_id": tfds.features.Text(),
-        }),
+        features=tfds_common.region_example_features(NUM_REGIONS, FEATURE_DIM),
         metadata=OpenImagesMetadata(),
         disable_shuffling=True,  # file order, then image-name order within a file
     )

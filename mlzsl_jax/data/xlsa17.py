@@ -53,6 +53,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
 FEATURE_FILE = "res101.mat"
@@ -432,7 +433,7 @@ def _warn_if_unofficial(data: Xlsa17Data, subset: str) -> None:
 
 # ------------------------------------------------------------------ tfds builder
 
-class Xlsa17(tfds.core.GeneratorBasedBuilder):
+class Xlsa17(tfds_common.LocalBuilder):
   """tfds builder over ``load_xlsa17``; see the module docstring."""
 
   VERSION = tfds.core.Version(DATA_VERSION)
@@ -443,15 +444,6 @@ class Xlsa17(tfds.core.GeneratorBasedBuilder):
       for s in SUBSETS]
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls):
-    """None: nothing is downloaded, so there is no checksums file beside the code.
-
-    tfds 4.9.10 otherwise resolves the path through ``importlib_resources``, a package it
-    only declares for Python < 3.9, and fails with ModuleNotFoundError on 3.11.
-    """
-    return None
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
