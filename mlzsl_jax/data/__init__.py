@@ -1,4 +1,5 @@
-"""Datasets: importing this package registers the built-in ones (digits_mosaic, synthetic)."""
+"""Datasets: importing this package registers the built-in ones (digits_mosaic, synthetic,
+xlsa17, nus_wide, open_images)."""
 
 from mlzsl_jax.data import digits_mosaic  # noqa: F401  (registers "digits_mosaic")
 from mlzsl_jax.data import nus_wide  # noqa: F401  (registers "nus_wide")
