@@ -763,11 +763,7 @@ class OpenImagesSource:
   def as_tf_dataset(self, split: str) -> tf.data.Dataset:
     """Examples {features f16 [196, 512], labels int8 [S + U], image_id}, file order."""
     check_split(split)
-    ds = self.builder.as_dataset(split=split, shuffle_files=False)
-    num_labels = self.meta.num_labels
-    return ds.map(lambda ex: {"features": ex["features"],
-                              "labels": tf.ensure_shape(ex["labels"], (num_labels,)),
-                              "image_id": ex["image_id"]})
+    return tfds_common.stored_examples(self.builder, split, self.meta.num_labels)
 
 
 def _check_sources(builder: OpenImages, manual_dir: str) -> None:

@@ -4,6 +4,7 @@ the stored form of region features."""
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 
@@ -35,3 +36,12 @@ def region_example_features(num_regions: int, feature_dim: int) -> tfds.features
                                      encoding=tfds.features.Encoding.BYTES),
       "image_id": tfds.features.Text(),
   })
+
+
+def stored_examples(builder, split: str, num_labels: int) -> tf.data.Dataset:
+  """The examples of ``split`` in stored order as {features, labels [num_labels], image_id}
+  (the label length is known from the metadata, not from the stored tensor spec)."""
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  return ds.map(lambda ex: {"features": ex["features"],
+                            "labels": tf.ensure_shape(ex["labels"], (num_labels,)),
+                            "image_id": ex["image_id"]})

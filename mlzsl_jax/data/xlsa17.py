@@ -515,11 +515,7 @@ class Xlsa17Source:
   def as_tf_dataset(self, split: str) -> tf.data.Dataset:
     """Examples {features f16 [1, 2048], labels int8 [C], image_id string}, file order."""
     check_split(split)
-    ds = self.builder.as_dataset(split=split, shuffle_files=False)
-    num_labels = self.meta.num_labels
-    return ds.map(lambda ex: {"features": ex["features"],
-                              "labels": tf.ensure_shape(ex["labels"], (num_labels,)),
-                              "image_id": ex["image_id"]})
+    return tfds_common.stored_examples(self.builder, split, self.meta.num_labels)
 
 
 def _check_fingerprint(builder: Xlsa17, source_dir: str) -> None:

@@ -54,6 +54,26 @@ def _label(source: str, key: str) -> str:
   return f"{source}: key {key!r}"
 
 
+def _checked_arrays(state_dict, shapes: dict, source) -> dict[str, np.ndarray]:
+  """float32 copies of ``state_dict[key]`` for every key of ``shapes``; a missing key, wrong
+  shape, non-float dtype or NaN/inf is a ValueError naming the file and key."""
+  arrays = {}
+  for key, shape in shapes.items():
+    if key not in state_dict:
+      raise ValueError(f"{_label(source, key)} missing (expected shape {list(shape)})")
+    value = np.asarray(state_dict[key])
+    if value.shape != shape:
+      raise ValueError(f"{_label(source, key)}: expected shape {list(shape)}, "
+                       f"got {list(value.shape)}")
+    if not np.issubdtype(value.dtype, np.floating):
+      raise ValueError(f"{_label(source, key)}: expected floating-point values, "
+                       f"got dtype {value.dtype}")
+    if not np.isfinite(value).all():
+      raise ValueError(f"{_label(source, key)}: contains NaN/inf")
+    arrays[key] = value.astype(np.float32)
+  return arrays
+
+
 def infer_architecture(state_dict: Mapping[str, np.ndarray], source: str = "state dict"
                        ) -> dict[str, Any]:
   """{"channels": (5 stage widths), "fc_dim": int, "image_size": (H, W)} read from the shapes.
@@ -122,20 +142,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], *, source: str = "state di
             if any("running_mean" in k for k in unknown) else "")
     raise ValueError(f"{source}: unexpected keys {unknown[:6]}{hint}; expected torchvision "
                      "vgg19's features.N / classifier.{0,3,6} weights and biases")
-  arrays = {}
-  for key, shape in shapes.items():
-    if key not in state_dict:
-      raise ValueError(f"{_label(source, key)} missing (expected shape {list(shape)})")
-    value = np.asarray(state_dict[key])
-    if value.shape != shape:
-      raise ValueError(f"{_label(source, key)}: expected shape {list(shape)}, "
-                       f"got {list(value.shape)}")
-    if not np.issubdtype(value.dtype, np.floating):
-      raise ValueError(f"{_label(source, key)}: expected floating-point values, "
-                       f"got dtype {value.dtype}")
-    if not np.isfinite(value).all():
-      raise ValueError(f"{_label(source, key)}: contains NaN/inf")
-    arrays[key] = value.astype(np.float32)
+  arrays = _checked_arrays(state_dict, shapes, source)
   params = {}
   for name, i in conv_feature_indices().items():
     params[name] = {"kernel": arrays[f"features.{i}.weight"].transpose(2, 3, 1, 0),
@@ -285,20 +292,7 @@ def convert_resnet_state_dict(state_dict: Mapping[str, Any], *, source: str = "s
   if unknown:
     raise ValueError(f"{source}: unexpected keys {unknown[:6]}; expected torchvision "
                      f"resnet's for blocks {arch['blocks']}")
-  arrays = {}
-  for key, shape in shapes.items():
-    if key not in state_dict:
-      raise ValueError(f"{_label(source, key)} missing (expected shape {list(shape)})")
-    value = np.asarray(state_dict[key])
-    if value.shape != shape:
-      raise ValueError(f"{_label(source, key)}: expected shape {list(shape)}, "
-                       f"got {list(value.shape)}")
-    if not np.issubdtype(value.dtype, np.floating):
-      raise ValueError(f"{_label(source, key)}: expected floating-point values, "
-                       f"got dtype {value.dtype}")
-    if not np.isfinite(value).all():
-      raise ValueError(f"{_label(source, key)}: contains NaN/inf")
-    arrays[key] = value.astype(np.float32)
+  arrays = _checked_arrays(state_dict, shapes, source)
 
   def conv(key):
     return {"kernel": arrays[key].transpose(2, 3, 1, 0)}
