@@ -10,6 +10,7 @@ from flax import nnx
 
 from mlzsl_jax import losses
 from mlzsl_jax.models.biam import BiAM, RegionContextBlock
+from references import ranking_loss_ref
 
 EPS = 1e-3
 
@@ -203,20 +204,6 @@ def test_bad_inputs_name_the_problem():
   with pytest.raises(ValueError, match="divisible by model.heads"):
     BiAM(feature_dim=6, emb_dim=5, grid_shape=(3, 4), scene_dim=7, channels=9, heads=2,
          rngs=nnx.Rngs(0))
-
-
-def ranking_loss_ref(scores, states):
-  per_image = []
-  for s, y in zip(scores, states):
-    total, count = 0.0, 0
-    for p in range(len(y)):
-      for n in range(len(y)):
-        if y[p] == 1 and y[n] == -1:
-          h = max(0.0, 1 + s[n] - s[p])
-          total += h
-          count += h > 0
-    per_image.append(total / (count + 1e-8))
-  return np.mean(per_image)
 
 
 @pytest.mark.parametrize("seed", range(6))

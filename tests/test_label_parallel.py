@@ -16,6 +16,7 @@ from mlzsl_jax.data.source import DatasetMeta
 from mlzsl_jax.models import attention_per_label as apl
 from mlzsl_jax.models import biam, layers
 from mlzsl_jax.models.biam import BiAM
+from references import ranking_loss_ref
 
 GRID = (3, 4)
 
@@ -110,20 +111,6 @@ def test_bad_label_chunk_names_the_field():
 
 
 # ----------------------------------------------------------------- sorted == pairwise loss
-
-def ranking_loss_ref(scores, states):
-  """Loop reference of spec/biam.md: sum of hinges / (pairs with a positive hinge + 1e-8)."""
-  per_image = []
-  for s, y in zip(scores, states):
-    total, count = 0.0, 0
-    for p in range(len(y)):
-      for n in range(len(y)):
-        if y[p] == 1 and y[n] == -1:
-          h = max(0.0, 1 + s[n] - s[p])
-          total += h
-          count += h > 0
-    per_image.append(total / (count + 1e-8))
-  return np.mean(per_image)
 
 
 def ranking_grad_ref(scores, states):

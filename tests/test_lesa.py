@@ -16,6 +16,7 @@ from mlzsl_jax.config_base import base_config
 from mlzsl_jax.data.source import DatasetMeta
 from mlzsl_jax.models import attention_per_label as apl
 from mlzsl_jax.models import get_model_builder, lesa
+from references import ranking_loss_ref
 
 BN_EPS = 1e-3
 GRID = (3, 4)
@@ -115,20 +116,6 @@ def apl_ref(feats, emb, p, stats, *, share, conv=True):
       attended = sum(alpha[q] * f[i, q] for q in range(r))
       scores[i, l] = attended @ (w @ e)
   return scores, logits
-
-
-def ranking_ref(scores, states):
-  per_image = []
-  for s, y in zip(scores, states):
-    total, count = 0.0, 0
-    for p in range(len(y)):
-      for n in range(len(y)):
-        if y[p] == 1 and y[n] == -1:
-          h = max(0.0, 1 + s[n] - s[p])
-          total += h
-          count += h > 0
-    per_image.append(total / (count + 1e-8))
-  return np.mean(per_image)
 
 
 def distribution_ref(module_scores, states):
@@ -276,7 +263,7 @@ def test_lesa_loss_terms_match_loop_references(seed):
   cfg.relevance_margin = 0.3 * seed  # margin > 0: unknown labels contribute the margin
   got, aux = losses.get_loss("lesa_ranking")(
       {k: jnp.asarray(v, jnp.float32) for k, v in out.items()}, jnp.asarray(states), cfg)
-  want = {"ranking_loss": ranking_ref(out["scores"], states),
+  want = {"ranking_loss": ranking_loss_ref(out["scores"], states),
           "distribution_loss": distribution_ref(out["module_scores"], states),
           "relevance_loss": relevance_ref(out["scores"], out["global_scores"], states,
                                           cfg.relevance_margin),
@@ -314,7 +301,7 @@ def test_attention_per_label_forward_matches_reference(seed, share, conv):
   assert apl.loss_config().name == "ranking"
   states = rng.choice([-1, 1], size=scores.shape).astype(np.int8)
   loss, _ = losses.get_loss("ranking")(out, jnp.asarray(states), apl.loss_config())
-  np.testing.assert_allclose(loss, ranking_ref(scores, states), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(loss, ranking_loss_ref(scores, states), rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------- sharded == unsharded
