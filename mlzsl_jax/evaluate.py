@@ -136,8 +136,16 @@ SCENE_SOURCES = {
 }
 
 
-def report(result: dict, config, workdir: str, step: int) -> str:
-  """Prints the table (process 0) and writes ``results.json`` into ``workdir``."""
+def report(result: dict, config, workdir: str, step: int, *, trained_to_end: bool = False,
+           train_seconds: float | None = None) -> str:
+  """Prints the table (process 0) and writes ``results.json`` into ``workdir``.
+
+  results.json: step, trained_to_end (True only when written by training's final
+  evaluation: sweeps skip such points), the full config, the ZSL / GZSL / chance metrics,
+  num_images, protocol, eval_seconds, train_seconds (wall time of this training run, from
+  start or resume to the end) and the time it was written. Written atomically (a temporary
+  file, then a rename), so a crash never leaves a truncated file.
+  """
   table = result["table"]
   scene = SCENE_SOURCES.get(config.model.get("scene_source", ""), "")
   if jax.process_index() == 0:
@@ -146,11 +154,16 @@ def report(result: dict, config, workdir: str, step: int) -> str:
           f"labels, GZSL = {len(config.data.seen_labels) + len(config.data.unseen_labels)} "
           f"labels), step {step}; {scene + '; ' if scene else ''}"
           f"label embeddings: {config.data.embedding!r}\n{table}\n", flush=True)
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-      json.dump({"step": step, "config": json.loads(config.to_json_best_effort()),
+    path = os.path.join(workdir, "results.json")
+    with open(path + ".tmp", "w") as f:
+      json.dump({"step": step, "trained_to_end": trained_to_end,
+                 "config": json.loads(config.to_json_best_effort()),
                  **{k: result[k] for k in ("zsl", "gzsl", "chance", "num_images")},
-                 "protocol": config.eval.protocol, "eval_seconds": result["eval_seconds"]},
+                 "protocol": config.eval.protocol, "eval_seconds": result["eval_seconds"],
+                 "train_seconds": train_seconds,
+                 "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
                 f, indent=2)
+    os.replace(path + ".tmp", path)
   return table
 
 

@@ -1,7 +1,10 @@
 """Command line: python -m mlzsl_jax.main {train,evaluate} --config FILE[:ARG] --workdir DIR.
 
 Commands: train, evaluate [--init_from=OFFICIAL_WEIGHTS], prepare (build the dataset),
-convert --init_from=OFFICIAL_WEIGHTS (into the workdir's checkpoint of step 0), and
+convert --init_from=OFFICIAL_WEIGHTS (into the workdir's checkpoint of step 0),
+sweep (every point of the config file's get_sweep(), or --launcher=local|slurm|tpu_pod to
+print one launch command per point), plots (PNG figures of a trained workdir),
+report DIR... [--csv F] [--markdown F] (one table from results.json files), and
 extract --image_dir D --out_dir O --weights VGG19.pth (features of a folder of images).
 
 Any config field can be overridden: --config.train.num_epochs=5. Unknown fields and wrong
@@ -40,6 +43,14 @@ _INIT_FROM = flags.DEFINE_string(
     "to convert to our parameters instead of restoring a checkpoint of the workdir.")
 
 
+_LAUNCHER = flags.DEFINE_string(
+    "launcher", None, "sweep: print one command per unfinished point for launch/<launcher> "
+    "(local, slurm, tpu_pod) instead of running the points here.")
+_ONLY = flags.DEFINE_list("only", None, "sweep: run only these point names.")
+_EXAMPLES = flags.DEFINE_list("examples", ["0"], "plots: test-set indices of the examples "
+                              "whose region-score maps are drawn.")
+
+
 def _train(config, workdir):
   from mlzsl_jax import train
   return train.train_and_evaluate(config, workdir)
@@ -72,8 +83,39 @@ def _convert(config, workdir):
         f"{convert.convert_to_workdir(config, workdir, _INIT_FROM.value)} (step 0)", flush=True)
 
 
-COMMANDS = {"train": _train, "evaluate": _evaluate, "prepare": _prepare, "convert": _convert}
-NEEDS_WORKDIR = {"train", "evaluate", "convert"}
+def _sweep(config, workdir):
+  """Runs (or, with --launcher, prints the commands of) the unfinished sweep points."""
+  from mlzsl_jax import sweep
+  spec = config_flags.get_config_filename(flags.FLAGS["config"])
+  # The --config.x=y overrides given on the command line apply to every point.
+  extra = [a for a in sys.argv if a.startswith("--config.")]
+  if _LAUNCHER.value:
+    points = sweep.sweep_points(spec)
+    only = set(_ONLY.value or [p.name for p in points])
+    todo = [p for p in points if p.name in only and not sweep.is_finished(
+        os.path.join(workdir, p.name), sweep.apply_overrides(config, p.overrides))]
+    sweep.write_sweep_file(workdir, spec, points)
+    for cmd in sweep.launch_commands(spec, workdir, todo, _LAUNCHER.value, extra):
+      print(cmd)
+    return
+  status = sweep.run_sweep(spec, config, workdir, only=_ONLY.value)
+  print("\n".join(f"{name}: {s}" for name, s in status.items()), flush=True)
+  failed = [n for n, s in status.items() if s.startswith("failed")]
+  if failed:
+    raise SystemExit(f"sweep: {len(failed)} point(s) failed: {failed}; re-run the same "
+                     "command to retry them (finished points are skipped)")
+  print(f"report: python -m mlzsl_jax.main report {workdir}", flush=True)
+
+
+def _plots(config, workdir):
+  from mlzsl_jax import plots
+  paths = plots.plot_workdir(config, workdir, examples=[int(i) for i in _EXAMPLES.value])
+  print("\n".join(paths), flush=True)
+
+
+COMMANDS = {"train": _train, "evaluate": _evaluate, "prepare": _prepare, "convert": _convert,
+            "sweep": _sweep, "plots": _plots}
+NEEDS_WORKDIR = {"train", "evaluate", "convert", "sweep", "plots"}
 
 
 def _unknown_override(argv: list[str]) -> str | None:
@@ -139,5 +181,8 @@ def _extract_main(argv: list[str]):
 if __name__ == "__main__":
   if len(sys.argv) > 1 and sys.argv[1] == "extract":
     _extract_main(sys.argv[2:])
+  elif len(sys.argv) > 1 and sys.argv[1] == "report":
+    from mlzsl_jax import report
+    report.main(sys.argv[2:])
   else:
     app.run(main, flags_parser=_parse_flags)

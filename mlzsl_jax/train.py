@@ -332,6 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from mlzsl_jax import evaluate  # local: evaluate imports this module
 
   workdir = ensure_workdir(workdir)
+  t_start = time.perf_counter()
   # Process 0 builds a missing dataset before the others read it (a shared data_dir).
   source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
   meta = source.meta
@@ -426,5 +427,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   result = evaluate.evaluate_state(trainer, source, state, config)
   writer.write_scalars(total_steps, evaluate.flatten(result))
   writer.flush()
-  evaluate.report(result, config, workdir, step=total_steps)
+  evaluate.report(result, config, workdir, step=total_steps, trained_to_end=True,
+                  train_seconds=time.perf_counter() - t_start)
   return result

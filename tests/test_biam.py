@@ -77,27 +77,37 @@ def rcb_ref(h, p, heads, mask_zero):
 
 
 def biam_ref(feats, emb, scene, params, stats, *, grid, heads, top_k, train,
-             scene_source="dataset"):
-  """feats [B, R, Cin], emb [L, E], scene [B, S] -> (scores [B, L], region scores [B, R, L])."""
+             scene_source="dataset", context="both"):
+  """feats [B, R, Cin], emb [L, E], scene [B, S] -> (scores [B, L], region scores [B, R, L]).
+
+  context: which blocks feed the fusion conv ('both', 'region', 'scene', 'none' = h_r).
+  """
   b = feats.shape[0]
   xs = [feats[i].reshape(grid[0], grid[1], -1) for i in range(b)]
   hs = conv_relu_bn_ref(xs, params["stem"], stats["stem"], train)
-  sc = params["scene_context"]
+  use_region = context in ("both", "region")
+  use_scene = context in ("both", "scene")
+  sc = params.get("scene_context")
   cgs = []
-  for i in range(b):
+  for i in range(b if use_scene else 0):
     x_g = feats[i].mean(0) if scene_source == "mean_region" else scene[i]
     qv = lrelu(conv_ref(hs[i], sc["channel_conv"]))
     k_g = x_g @ sc["w_g"]["kernel"] + sc["w_g"]["bias"]
     r_g = 1 / (1 + np.exp(-(qv.reshape(-1, qv.shape[-1]).mean(0) * k_g)))
     cgs.append(r_g * qv)
-  refined = conv_relu_bn_ref(cgs, sc["refine"], stats["scene_context"]["refine"], train)
+  if use_scene:
+    refined = conv_relu_bn_ref(cgs, sc["refine"], stats["scene_context"]["refine"], train)
   classifiers = emb @ params["label_proj"]["kernel"] + params["label_proj"]["bias"]
   scores = np.zeros((b, emb.shape[0]))
   region = np.zeros((b, grid[0] * grid[1], emb.shape[0]))
   for i in range(b):
-    e_r = rcb_ref(hs[i], params["region_context"], heads, mask_zero=True)
-    e_g = cgs[i] + refined[i]
-    e_f = lrelu(conv_ref(np.concatenate([e_r, e_g], -1), params["fuse"]))
+    parts = []
+    if use_region:
+      parts.append(rcb_ref(hs[i], params["region_context"], heads, mask_zero=True))  # e_r
+    if use_scene:
+      parts.append(cgs[i] + refined[i])  # e_g
+    fused_in = np.concatenate(parts, -1) if parts else hs[i]
+    e_f = lrelu(conv_ref(fused_in, params["fuse"]))
     e_f = e_f.reshape(-1, e_f.shape[-1])
     for l in range(emb.shape[0]):
       s = np.array([e_f[r] @ classifiers[l] for r in range(e_f.shape[0])])
@@ -121,16 +131,19 @@ def _small_biam(scene_source="dataset", seed=0, **kw):
 
 def _randomise_stats(model, rng):
   """Random BatchNorm running stats so eval mode exercises them."""
-  for bn in (model.stem.bn, model.scene_context.refine.bn):
+  bns = [model.stem.bn] + ([model.scene_context.refine.bn]
+                           if hasattr(model, "scene_context") else [])
+  for bn in bns:
     bn.mean[...] = jnp.asarray(rng.normal(size=bn.mean[...].shape), jnp.float32)
     bn.var[...] = jnp.asarray(rng.uniform(0.5, 2.0, size=bn.var[...].shape), jnp.float32)
 
 
-@pytest.mark.parametrize("seed,scene_source", [(0, "dataset"), (1, "mean_region"),
-                                               (2, "dataset")])
-def test_forward_eval_matches_numpy_reference(seed, scene_source):
+@pytest.mark.parametrize("seed,scene_source,context", [
+    (0, "dataset", "both"), (1, "mean_region", "both"), (2, "dataset", "both"),
+    (3, "dataset", "region"), (4, "mean_region", "scene"), (5, "dataset", "none")])
+def test_forward_eval_matches_numpy_reference(seed, scene_source, context):
   rng = np.random.default_rng(seed)
-  model = _small_biam(scene_source, seed)
+  model = _small_biam(scene_source, seed, context=context)
   _randomise_stats(model, rng)
   feats = rng.normal(size=(3, 12, 6)).astype(np.float32)
   emb = rng.normal(size=(4, 5)).astype(np.float32)
@@ -140,7 +153,8 @@ def test_forward_eval_matches_numpy_reference(seed, scene_source):
   ref_scores, ref_region = biam_ref(feats.astype(np.float64), emb.astype(np.float64),
                                     scene.astype(np.float64), _to_np(nnx.to_pure_dict(params)),
                                     _to_np(nnx.to_pure_dict(stats)), grid=(3, 4), heads=2,
-                                    top_k=3, train=False, scene_source=scene_source)
+                                    top_k=3, train=False, scene_source=scene_source,
+                                    context=context)
   np.testing.assert_allclose(out["region_scores"], ref_region, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(out["scores"], ref_scores, rtol=1e-4, atol=1e-4)
 
@@ -204,6 +218,8 @@ def test_bad_inputs_name_the_problem():
   with pytest.raises(ValueError, match="divisible by model.heads"):
     BiAM(feature_dim=6, emb_dim=5, grid_shape=(3, 4), scene_dim=7, channels=9, heads=2,
          rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=r"model.context='regions'.*'both'"):
+    _small_biam(context="regions")
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -22,6 +22,12 @@ from mlzsl_jax.models.registry import register_model
 TORCH_BN_MOMENTUM = 0.99
 BN_EPS = 1e-3
 
+# The paper's module ablation (``model.context``): which context blocks feed the fusion conv.
+# 'none' maps the stem's region features h_r straight to the fusion conv (the paper's
+# "baseline without context"); 'region' / 'scene' keep one block; 'both' is BiAM.
+CONTEXTS = {"both": ("region", "scene"), "region": ("region",), "scene": ("scene",),
+            "none": ()}
+
 
 def _batch_norm(ch: int, *, momentum: float, dtype, rngs: nnx.Rngs) -> nnx.BatchNorm:
   return nnx.BatchNorm(ch, momentum=momentum, epsilon=BN_EPS, dtype=dtype, rngs=rngs)
@@ -103,13 +109,15 @@ class BiAM(nnx.Module):
                scene_dim: int, channels: int = 256, heads: int = 8, out_dim: int = 512,
                top_k: int = 6, mask_zero_scores: bool = True, attn_dropout: float = 0.1,
                scene_dropout: float = 0.2, bn_momentum: float = 1.0 - TORCH_BN_MOMENTUM,
-               scene_source: str = "dataset", label_chunk: int = 0, dtype: Any = jnp.float32,
-               rngs: nnx.Rngs):
+               scene_source: str = "dataset", label_chunk: int = 0, context: str = "both",
+               dtype: Any = jnp.float32, rngs: nnx.Rngs):
+    if context not in CONTEXTS:
+      raise ValueError(f"model.context={context!r}: expected one of {sorted(CONTEXTS)}")
     if scene_source not in ("dataset", "mean_region"):
       raise ValueError(f"model.scene_source={scene_source!r}: expected 'dataset' "
                        "(a stored scene feature) or 'mean_region' (learned projection of "
                        "the mean region feature)")
-    if scene_source == "dataset" and scene_dim <= 0:
+    if "scene" in CONTEXTS[context] and scene_source == "dataset" and scene_dim <= 0:
       raise ValueError("model.scene_source='dataset' but the dataset stores no scene "
                        "feature; set model.scene_source='mean_region'")
     num_regions = grid_shape[0] * grid_shape[1]
@@ -120,16 +128,21 @@ class BiAM(nnx.Module):
     self.top_k = top_k
     self.label_chunk = layers.check_label_chunk(label_chunk)
     self.scene_source = scene_source
+    self.context = context
     self.dtype = dtype
     self.stem = ConvReluBN(feature_dim, channels, bn_momentum=bn_momentum, dtype=dtype,
                            rngs=rngs)
-    self.region_context = RegionContextBlock(channels, heads, dropout=attn_dropout,
-                                             mask_zero_scores=mask_zero_scores,
-                                             dtype=dtype, rngs=rngs)
-    scene_in = scene_dim if scene_source == "dataset" else feature_dim
-    self.scene_context = SceneContextBlock(channels, scene_in, dropout=scene_dropout,
-                                           bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
-    self.fuse = layers.conv(2 * channels, out_dim, 1, dtype=dtype, rngs=rngs)
+    blocks = CONTEXTS[context]
+    if "region" in blocks:
+      self.region_context = RegionContextBlock(channels, heads, dropout=attn_dropout,
+                                               mask_zero_scores=mask_zero_scores,
+                                               dtype=dtype, rngs=rngs)
+    if "scene" in blocks:
+      scene_in = scene_dim if scene_source == "dataset" else feature_dim
+      self.scene_context = SceneContextBlock(channels, scene_in, dropout=scene_dropout,
+                                             bn_momentum=bn_momentum, dtype=dtype, rngs=rngs)
+    self.fuse = layers.conv(max(len(blocks), 1) * channels, out_dim, 1, dtype=dtype,
+                            rngs=rngs)
     self.label_proj = layers.linear(emb_dim, out_dim, dtype=dtype, rngs=rngs)
 
   def _check_inputs(self, feats: jax.Array, label_emb: jax.Array) -> None:
@@ -144,17 +157,25 @@ class BiAM(nnx.Module):
                       train: bool = False, rngs: nnx.Rngs | None = None) -> jax.Array:
     """feats: [B, R, C_in], scene: [B, S] -> fused region features e_f [B, R, D]."""
     x_r = layers.regions_to_grid(feats.astype(self.dtype), self.grid_shape)
-    if self.scene_source == "mean_region":
-      x_g = feats.astype(self.dtype).mean(axis=1)
-    else:
-      if scene is None:
-        raise ValueError("model.scene_source='dataset' needs the batch field 'scene'")
-      x_g = scene.astype(self.dtype)
     h_r = self.stem(x_r, train=train)
-    e_r = self.region_context(h_r, train=train, rngs=rngs)
-    e_g = self.scene_context(h_r, x_g, train=train, rngs=rngs)
-    e_f = jax.nn.leaky_relu(self.fuse(jnp.concatenate([e_r, e_g], axis=-1)), 0.2)
+    blocks = CONTEXTS[self.context]
+    branches = []
+    if "region" in blocks:
+      branches.append(self.region_context(h_r, train=train, rngs=rngs))  # e_r
+    if "scene" in blocks:
+      branches.append(self.scene_context(h_r, self._scene_input(feats, scene), train=train,
+                                         rngs=rngs))  # e_g
+    fused_in = jnp.concatenate(branches, axis=-1) if branches else h_r
+    e_f = jax.nn.leaky_relu(self.fuse(fused_in), 0.2)
     return layers.grid_to_regions(e_f)
+
+  def _scene_input(self, feats: jax.Array, scene: jax.Array | None) -> jax.Array:
+    """The scene feature x_g [B, S]: stored with the dataset, or the mean region feature."""
+    if self.scene_source == "mean_region":
+      return feats.astype(self.dtype).mean(axis=1)
+    if scene is None:
+      raise ValueError("model.scene_source='dataset' needs the batch field 'scene'")
+    return scene.astype(self.dtype)
 
   def _label_region_scores(self, e_f: jax.Array, label_emb: jax.Array) -> jax.Array:
     """e_f: [B, R, D], label_emb: [L, E] -> region scores [B, R, L]."""
@@ -211,6 +232,9 @@ def model_config() -> ml_collections.ConfigDict:
   c.scene_dropout = 0.2
   c.bn_momentum = 1.0 - TORCH_BN_MOMENTUM  # flax convention for torch's momentum 0.99
   c.scene_source = "dataset"  # or 'mean_region' (learned projection of the mean region)
+  # Module ablation of the paper: 'both' (BiAM), 'region' (RCB only), 'scene' (SCB only),
+  # 'none' (no context: the stem's region features go straight to the fusion conv).
+  c.context = "both"
   # 0: score all labels at once (region scores [B, R, L] in memory; output 'region_scores').
   # n > 0: n labels at a time (memory O(B·R·n), for 7k+ labels); same scores, no
   # 'region_scores' output (BiAM.region_scores(feats, label_subset) gives them for plots).
@@ -227,4 +251,5 @@ def build_biam(cfg, *, feature_dim: int, emb_dim: int, grid_shape: tuple[int, in
               out_dim=cfg.out_dim, top_k=cfg.top_k, mask_zero_scores=cfg.mask_zero_scores,
               attn_dropout=cfg.attn_dropout, scene_dropout=cfg.scene_dropout,
               bn_momentum=cfg.bn_momentum, scene_source=cfg.scene_source,
-              label_chunk=cfg.get("label_chunk", 0), dtype=dtype, rngs=rngs)
+              label_chunk=cfg.get("label_chunk", 0), context=cfg.get("context", "both"),
+              dtype=dtype, rngs=rngs)

@@ -1,0 +1,59 @@
+"""BiAM ablations on digits_mosaic, in the shape of the BiAM paper's ablation tables.
+
+Base: configs/biam_digits.py (the demo: same data, split, epochs, seed). Sweep points:
+  context_both / context_region / context_scene / context_none: the module ablation (BiAM;
+      region context block only; scene context block only; neither, i.e. the stem's region
+      features go straight to the fusion conv);
+  pool_max / pool_mean: image score = the max region score (top-1) or the mean over all 36
+      regions, against the default mean of the top 4 (a digit covers 2x2 regions);
+  emb_seven_segment / emb_strokes / emb_attributes_centred: the label embedding (the
+      default is 'attributes' = seven segments + stroke facts; see data/attributes.py).
+The reference point is context_both (= the demo).
+
+  python -m mlzsl_jax.main sweep --config configs/biam_digits_ablation.py \\
+      --workdir workdirs/biam_ablation
+  python -m mlzsl_jax.main report workdirs/biam_ablation
+  --config configs/biam_digits_ablation.py:sweep=context   one group only (context, pooling,
+      embedding); :smoke=True for tests
+"""
+
+import os
+
+from mlzsl_jax.config_base import parse_arg
+from mlzsl_jax.sweep import load_config_module
+
+
+def get_config(arg: str | None = None):
+  """The demo's config (configs/biam_digits.py), the base of every point."""
+  args = parse_arg(arg, smoke=False, sweep="all")
+  demo, _ = load_config_module(os.path.join(os.path.dirname(__file__), "biam_digits.py"))
+  return demo.get_config(f"smoke={args.smoke}")
+
+
+GROUPS = {
+    "context": {
+        "context_both": {"model.context": "both"},
+        "context_region": {"model.context": "region"},
+        "context_scene": {"model.context": "scene"},
+        "context_none": {"model.context": "none"},
+    },
+    "pooling": {
+        "pool_max": {"model.top_k": 1},
+        "pool_mean": {"model.top_k": 36},
+    },
+    "embedding": {
+        "emb_seven_segment": {"data.embedding": "seven_segment"},
+        "emb_strokes": {"data.embedding": "strokes"},
+        "emb_attributes_centred": {"data.embedding": "attributes_centred"},
+    },
+}
+
+
+def get_sweep(arg: str | None = None):
+  """{point name: overrides}; ``sweep=all`` or one group of GROUPS."""
+  args = parse_arg(arg, smoke=False, sweep="all")
+  if args.sweep != "all" and args.sweep not in GROUPS:
+    raise ValueError(f"config argument sweep={args.sweep!r}: expected 'all' or one of "
+                     f"{sorted(GROUPS)}")
+  groups = GROUPS if args.sweep == "all" else {args.sweep: GROUPS[args.sweep]}
+  return {name: overrides for group in groups.values() for name, overrides in group.items()}
