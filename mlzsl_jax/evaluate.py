@@ -167,8 +167,30 @@ def report(result: dict, config, workdir: str, step: int, *, trained_to_end: boo
   return table
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Restores the latest checkpoint in ``workdir`` and prints the evaluation table."""
+def _config_differences(config, workdir: str) -> list[str]:
+  """Model / data / label fields where ``workdir/config.json`` (written by training) and
+  ``config`` disagree: evaluating a checkpoint with another split or model is a mistake."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    trained = json.load(f)
+  now = json.loads(config.to_json_best_effort())
+  out = []
+  for block in ("model", "data"):
+    for key in sorted(set(trained.get(block, {})) | set(now.get(block, {}))):
+      if key != "data_dir" and trained.get(block, {}).get(key) != now.get(block, {}).get(key):
+        out.append(f"{block}.{key}: trained with {trained.get(block, {}).get(key)!r}, "
+                   f"now {now.get(block, {}).get(key)!r}")
+  return out
+
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: str):
+  """(source, trainer, state, step) of the latest checkpoint in ``workdir``.
+
+  Warns (process 0) where the workdir was trained with other model / data fields (e.g. another
+  seen / unseen split): the scores would then be those of a different experiment.
+  """
   from mlzsl_jax import train
 
   workdir = train.ensure_workdir(workdir)
@@ -180,7 +202,17 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if step is None:
     raise FileNotFoundError(f"--workdir {workdir!r}: no checkpoint under "
                             f"{os.path.join(workdir, 'checkpoints')}; train first")
+  differences = _config_differences(config, workdir)
+  if differences and jax.process_index() == 0:
+    print(f"WARNING: {workdir}/config.json differs from this config in: "
+          + "; ".join(differences), flush=True)
   state = mngr.restore(step, args=ocp.args.StandardRestore(trainer.abstract_state()))
+  return source, trainer, state, step
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Restores the latest checkpoint in ``workdir`` and prints the evaluation table."""
+  source, trainer, state, step = restore_latest(config, workdir)
   result = evaluate_state(trainer, source, state, config)
   report(result, config, workdir, step)
   return result

@@ -432,6 +432,13 @@ class DigitsMosaicSource:
     ds = self.builder.as_dataset(split=split, shuffle_files=False)
     return ds.map(lambda ex: {k: ex[k] for k in ("features", "labels", "image_id")})
 
+  def pictures(self, split: str) -> tf.data.Dataset:
+    """{image uint8 [H, W], cell_digits int8 [cells]} in the order of ``as_tf_dataset``
+    (the mosaic itself, for region-map figures; optional for a DatasetSource)."""
+    check_split(split)
+    ds = self.builder.as_dataset(split=split, shuffle_files=False)
+    return ds.map(lambda ex: {k: ex[k] for k in ("image", "cell_digits")})
+
 
 def prepare(params: MosaicParams, data_dir: str | None = None) -> DigitsMosaic:
   """Builder for ``params`` under ``data_dir``, generating the data the first time."""
