@@ -17,21 +17,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mlzsl_jax import report
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = ("biam", "lesa", "attention_per_label", "fast0tag", "conse", "labelem", "dem")
-
-
-def table(rows: list[tuple[str, dict]], ks: list[int]) -> str:
-  """Markdown table: model | ZSL P/R/F1@k..., mAP | GZSL P/R/F1@k..., mAP (values x100)."""
-  cols = [f"{m}@{k}" for k in ks for m in ("P", "R", "F1")] + ["mAP"]
-  keys = [f"{m}@{k}" for k in ks for m in ("p", "r", "f1")] + ["map"]
-  head = "| Model | " + " | ".join(f"ZSL {c}" for c in cols) + " | " + " | ".join(
-      f"GZSL {c}" for c in cols) + " |"
-  lines = [head, "|" + "---|" * (1 + 2 * len(cols))]
-  for name, res in rows:
-    cells = [f"{100 * res[view][k]:.1f}" for view in ("zsl", "gzsl") for k in keys]
-    lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  return "\n".join(lines)
 
 
 def main():
@@ -41,7 +30,7 @@ def main():
   parser.add_argument("--seed", type=int, default=3483)
   parser.add_argument("overrides", nargs="*", help="extra --config.x=y flags for every model")
   args = parser.parse_args()
-  rows = []
+  workdirs = []
   for model in args.models:
     config = ROOT / "configs" / f"{model}_digits.py"
     if not config.exists():
@@ -51,12 +40,14 @@ def main():
            f"--workdir={workdir}", f"--config.seed={args.seed}", *args.overrides]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
-    rows.append((model, json.loads((ROOT / workdir / "results.json").read_text())))
-  ks = sorted({int(k.split("@")[1]) for k in rows[0][1]["zsl"] if "@" in k})
-  rows.append(("chance (random scores)", rows[0][1]["chance"]))
-  text = (f"digits_mosaic test split, {rows[0][1]['num_images']} images, seed {args.seed}; "
+    workdirs.append(str(ROOT / workdir))
+  # One row per model (the workdir's name), the papers' column order, then the chance row.
+  header, rows = report.build_table(workdirs, fields=[])
+  header, rows = ["Model", *header[1:-1]], [row[:-1] for row in rows]  # no step column
+  first = json.loads((Path(workdirs[0]) / "results.json").read_text())
+  text = (f"digits_mosaic test split, {first['num_images']} images, seed {args.seed}; "
           f"mAP = official (labels without positives count 0); values x100\n\n"
-          + table(rows, ks))
+          + report.to_markdown(header, rows))
   print("\n" + text)
   (ROOT / args.workdir / "comparison.md").write_text(text + "\n")
 
