@@ -66,6 +66,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.ks = (3, 5)
   c.eval.exclude_images_without_positive = False
   c.eval.chance_seeds = 3
+  # Where the multi-label metrics run: 'device' (JAX: sort + cumsum AP, lax.top_k), 'host'
+  # (NumPy), 'auto' = device on GPU / TPU, host on CPU. Same numbers (tests); the chance
+  # level's random draws differ between the two (jax.random vs NumPy).
+  c.eval.metrics_on = "auto"
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1

@@ -15,6 +15,7 @@ from jax.experimental import multihost_utils
 
 from mlzsl_jax import distributed
 from mlzsl_jax import metrics
+from mlzsl_jax import metrics_device
 from mlzsl_jax import metrics_open_images
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data import pipeline
@@ -80,12 +81,34 @@ def _multilabel(zsl_scores, gzsl_scores, labels, num_seen: int, config) -> tuple
   unseen_cols = range(num_seen, labels.shape[1])
   ks = tuple(config.eval.ks)
   exclude = config.eval.exclude_images_without_positive
-  result = metrics.evaluate_multilabel(gzsl_scores, labels, seen_cols, unseen_cols, ks,
-                                       exclude, zsl_scores=zsl_scores)
-  result["chance"] = metrics.chance_level(labels, seen_cols, unseen_cols, ks,
-                                          seeds=tuple(range(config.eval.chance_seeds)),
-                                          exclude_images_without_positive=exclude)
+  seeds = tuple(range(config.eval.chance_seeds))
+  if metrics_on_device(config):
+    labels_d = jax.device_put(labels)
+    result = metrics_device.evaluate_multilabel_device(
+        gzsl_scores, labels_d, seen_cols, unseen_cols, ks,
+        exclude_images_without_positive=exclude, zsl_scores=zsl_scores)
+    result["chance"] = metrics_device.chance_level_device(
+        labels_d, seen_cols, unseen_cols, ks, seeds=seeds,
+        exclude_images_without_positive=exclude)
+  else:
+    result = metrics.evaluate_multilabel(gzsl_scores, labels, seen_cols, unseen_cols, ks,
+                                         exclude, zsl_scores=zsl_scores)
+    result["chance"] = metrics.chance_level(labels, seen_cols, unseen_cols, ks, seeds=seeds,
+                                            exclude_images_without_positive=exclude)
   return result, metrics.format_table(result, result["chance"], ks)
+
+
+METRICS_PLACES = ("auto", "device", "host")
+
+
+def metrics_on_device(config) -> bool:
+  """``eval.metrics_on``: 'device' (JAX, metrics_device.py), 'host' (NumPy, metrics.py), or
+  'auto' = device on GPU / TPU, host on CPU (where NumPy's sort is the faster one)."""
+  place = config.eval.get("metrics_on", "auto")
+  if place not in METRICS_PLACES:
+    raise ValueError(f"config field eval.metrics_on={place!r}: expected one of "
+                     f"{METRICS_PLACES}")
+  return place == "device" or (place == "auto" and jax.default_backend() != "cpu")
 
 
 @PROTOCOLS.register("single_label")
