@@ -175,7 +175,7 @@ def plot_region_maps(image: np.ndarray | None, maps: np.ndarray, grid_shape: tup
                      label_names: Sequence[str], titles: Sequence[str], path: str,
                      suptitle: str = "") -> np.ndarray:
   """One panel for the image (if any) and one per label: the label's region map [R]
-  (``maps: [labels, regions]``) drawn over the image."""
+  (``maps: [labels, regions]``) drawn over the image, its peak region outlined in cyan."""
   plt = _pyplot()
   n = len(maps) + (image is not None)
   fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 3.0), dpi=100, squeeze=False)
@@ -185,12 +185,19 @@ def plot_region_maps(image: np.ndarray | None, maps: np.ndarray, grid_shape: tup
     axes[0].imshow(image, cmap="gray")
     axes[0].set_title("input", fontsize=9)
     axes.pop(0).axis("off")
+  gh, gw = grid_shape
   for ax, region_map, name, title in zip(axes, maps, label_names, titles):
     if image is not None:
       ax.imshow(image, cmap="gray")
-      ax.imshow(region_map_to_pixels(region_map, grid_shape, shape), cmap="jet", alpha=0.5)
+      ax.imshow(region_map_to_pixels(region_map, grid_shape, shape), cmap="inferno",
+                alpha=0.6)
     else:
-      ax.imshow(np.asarray(region_map).reshape(grid_shape), cmap="jet")
+      ax.imshow(np.asarray(region_map).reshape(grid_shape), cmap="inferno")
+    # The peak region, outlined (pixel units: one region = shape / grid pixels).
+    row, col = divmod(int(np.argmax(region_map)), gw)
+    rh, rw = shape[0] / gh, shape[1] / gw
+    ax.add_patch(plt.Rectangle((col * rw - 0.5, row * rh - 0.5), rw, rh, fill=False,
+                               edgecolor="cyan", linewidth=2))
     ax.set_title(f"{name}\n{title}", fontsize=9)
     ax.axis("off")
   if suptitle:

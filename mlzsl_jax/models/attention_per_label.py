@@ -63,7 +63,8 @@ class AttentionPerLabel(nnx.Module):
     logits = jnp.einsum("brd,ld->blr", f, queries)  # f_rᵀ·W_a·e_j: [B, L, R]
     attention = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(f.dtype)
     attended = jnp.einsum("blr,brd->bld", attention, f)  # [B, L, D]
-    scores = jnp.einsum("bld,ld->bl", attended, classifiers).astype(jnp.float32)
+    scores = jnp.einsum("bld,ld->bl", attended, classifiers,  # float32 out: see lesa.py
+                        preferred_element_type=jnp.float32)
     return scores, attention.astype(jnp.float32), logits.astype(jnp.float32)
 
   def __call__(self, feats: jax.Array, label_emb: jax.Array, scene: jax.Array | None = None,

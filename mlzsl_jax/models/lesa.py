@@ -204,10 +204,12 @@ class LESA(nnx.Module):
     f = self.encoder(feats, train=train)  # [B, R, D]
     attended, attention, logits = self.attend(f)
     cls = self.classifiers(label_emb)  # [L, D]
-    module_scores = jnp.einsum("btd,ld->btl", attended, cls).astype(jnp.float32)
+    # scores accumulate and stay float32 (bf16-rounded scores are too coarse for the hinge)
+    f32 = jnp.float32
+    module_scores = jnp.einsum("btd,ld->btl", attended, cls, preferred_element_type=f32)
     pooled = f.mean(axis=1) if self.global_pool == "mean" else f.max(axis=1)  # [B, D]
     out = {"scores": module_scores.max(axis=1), "module_scores": module_scores,
-           "global_scores": jnp.einsum("bd,ld->bl", pooled, cls).astype(jnp.float32),
+           "global_scores": jnp.einsum("bd,ld->bl", pooled, cls, preferred_element_type=f32),
            "attention": attention.astype(jnp.float32),
            "attention_logits": logits.astype(jnp.float32)}
     if self.conv_l2_in_loss and self.encoder.conv is not None:
