@@ -254,6 +254,8 @@ def plot_workdir(config, workdir: str, examples: Sequence[int] = (0,)) -> list[s
   out_dir = os.path.join(workdir, "plots")
   os.makedirs(out_dir, exist_ok=True)
   zsl, gzsl, labels = evaluate.collect_scores(trainer, source, state, config)
+  if jax.process_index() > 0:  # every process helped score the test split; one draws
+    return []
   split = trainer.split
   num_seen = len(split.seen)
   ids = list(split.seen) + list(split.unseen)
@@ -278,8 +280,7 @@ def plot_workdir(config, workdir: str, examples: Sequence[int] = (0,)) -> list[s
           ex.get("image"), m.T[present], meta.grid_shape, [names[j] for j in present],
           titles, os.path.join(out_dir, f"region_map_{i}.png"),
           f"{config.model.name}: region maps of test example {i} (labels present)")
-  if jax.process_index() == 0:
-    writer = metric_writers.create_default_writer(workdir, asynchronous=False)
-    writer.write_images(step, {f"plots/{k}": v[None] for k, v in figures.items()})
-    writer.flush()
+  writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+  writer.write_images(step, {f"plots/{k}": v[None] for k, v in figures.items()})
+  writer.flush()
   return [os.path.join(out_dir, f"{k}.png") for k in figures]
