@@ -49,6 +49,8 @@ _LAUNCHER = flags.DEFINE_string(
 _ONLY = flags.DEFINE_list("only", None, "sweep: run only these point names.")
 _EXAMPLES = flags.DEFINE_list("examples", ["0"], "plots: test-set indices of the examples "
                               "whose region-score maps are drawn.")
+_LOCALIZE = flags.DEFINE_integer("localize", 100, "plots: count region-map peaks on the "
+                                 "label's own cell over this many test images (digits).")
 
 
 def _train(config, workdir):
@@ -109,7 +111,8 @@ def _sweep(config, workdir):
 
 def _plots(config, workdir):
   from mlzsl_jax import plots
-  paths = plots.plot_workdir(config, workdir, examples=[int(i) for i in _EXAMPLES.value])
+  paths = plots.plot_workdir(config, workdir, examples=[int(i) for i in _EXAMPLES.value],
+                             localize=_LOCALIZE.value)
   print("\n".join(paths), flush=True)
 
 

@@ -17,6 +17,7 @@ matplotlib is imported only here (``pip install matplotlib``; pinned in requirem
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Callable, Sequence
 
@@ -111,6 +112,27 @@ def peak_cell(region_map: np.ndarray, grid_shape: tuple[int, int],
   row, col = divmod(r, gw)
   # The region's centre, in units of the image's height / width, decides its cell.
   return int((row + 0.5) / gh * cells[0]) * cells[1] + int((col + 0.5) / gw * cells[1])
+
+
+def peak_hits(maps: np.ndarray, examples: Sequence[dict], label_ids: Sequence[int],
+              grid_shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
+  """For each present label: does its region map peak on a cell holding that label?
+
+  Args:
+    maps: [examples, regions, len(label_ids)] region maps.
+    examples: dicts with 'labels' [all labels] states and 'cell_digits' [cells] (label id per
+      mosaic cell, -1 blank; row-major over ``cells``).
+    label_ids: the dataset label id of each map column.
+
+  Returns:
+    [examples, len(label_ids)] int8: 1 hit, 0 miss, -1 label absent from the example.
+  """
+  out = np.full((len(examples), len(label_ids)), -1, np.int8)
+  for e, (ex, m) in enumerate(zip(examples, maps)):
+    for j, label in enumerate(label_ids):
+      if ex["labels"][label] == 1:
+        out[e, j] = int(ex["cell_digits"][peak_cell(m[:, j], grid_shape, cells)] == label)
+  return out
 
 
 # ----------------------------------------------------------------------------- figures
@@ -243,8 +265,15 @@ def example_region_maps(trainer, meta, state, examples: Sequence[dict],
     return np.asarray(make_map(model, feats, emb, scene), np.float32)
 
 
-def plot_workdir(config, workdir: str, examples: Sequence[int] = (0,)) -> list[str]:
-  """Restores the latest checkpoint of ``workdir`` and writes its figures (see module doc)."""
+def plot_workdir(config, workdir: str, examples: Sequence[int] = (0,),
+                 localize: int = 100) -> list[str]:
+  """Restores the latest checkpoint of ``workdir`` and writes its figures (see module doc).
+
+  Where the dataset records which label fills which cell (digits_mosaic's 'cell_digits')
+  and the model has region maps, also counts over the first ``localize`` test images how
+  often a present label's map peaks on a cell holding it (seen / unseen), printed and written
+  to ``plots/localization.json``.
+  """
   from clu import metric_writers
 
   from mlzsl_jax import evaluate
@@ -280,6 +309,21 @@ def plot_workdir(config, workdir: str, examples: Sequence[int] = (0,)) -> list[s
           ex.get("image"), m.T[present], meta.grid_shape, [names[j] for j in present],
           titles, os.path.join(out_dir, f"region_map_{i}.png"),
           f"{config.model.name}: region maps of test example {i} (labels present)")
+    cells = tuple(config.data.get("cells", ()))
+    if localize and cells and "cell_digits" in exs[0]:
+      first = test_examples(source, config.data.test_split,
+                            range(min(localize, len(labels))))
+      hits = peak_hits(example_region_maps(trainer, meta, state, first, ids), first, ids,
+                       meta.grid_shape, cells)
+      summary = {group: {"hits": int((part == 1).sum()), "present": int((part >= 0).sum())}
+                 for group, part in (("seen", hits[:, :num_seen]),
+                                     ("unseen", hits[:, num_seen:]))}
+      summary["images"] = len(first)
+      with open(os.path.join(out_dir, "localization.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+      print(f"region-map peak on the label's own cell, first {len(first)} test images: "
+            + ", ".join(f"{g} {v['hits']}/{v['present']}" for g, v in summary.items()
+                        if g != "images"), flush=True)
   writer = metric_writers.create_default_writer(workdir, asynchronous=False)
   writer.write_images(step, {f"plots/{k}": v[None] for k, v in figures.items()})
   writer.flush()

@@ -4,16 +4,14 @@ and TensorBoard images; a trained BiAM's region-score peaks land on the digits' 
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from mlzsl_jax import plots, train
-from mlzsl_jax import sharding as shd
-from mlzsl_jax.data.source import get_dataset
+from mlzsl_jax import evaluate, plots, train
 from mlzsl_jax.sweep import apply_overrides, load_config_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -76,7 +74,7 @@ def trained(tmp_path_factory):
 
 def test_plots_command_writes_pngs_and_tensorboard_images(trained):
   config, workdir = trained
-  paths = plots.plot_workdir(config, workdir, examples=[0, 3])
+  paths = plots.plot_workdir(config, workdir, examples=[0, 3], localize=20)
   names = sorted(os.path.basename(p) for p in paths)
   assert names == ["per_label_ap.png", "pr_curves.png", "region_map_0.png",
                    "region_map_3.png"]
@@ -90,33 +88,34 @@ def test_plots_command_writes_pngs_and_tensorboard_images(trained):
     for event in tf.compat.v1.train.summary_iterator(event_file):
       tags |= {v.tag for v in event.summary.value}
   assert {"plots/pr_curves", "plots/per_label_ap", "plots/region_map_0"} <= tags
+  loc = json.load(open(os.path.join(workdir, "plots", "localization.json")))
+  assert loc["images"] == 20 and loc["seen"]["present"] > 20
   with pytest.raises(ValueError, match="split 'test' has 96 examples"):
     plots.plot_workdir(config, workdir, examples=[96])
 
 
 def test_region_score_peak_of_a_present_seen_digit_lies_on_its_cell(trained):
   config, workdir = trained
-  source = get_dataset(config.data)
-  trainer = train.Trainer(config, source.meta, shd.make_mesh(), steps_per_epoch=1)
-  mngr = train.checkpoint_manager(workdir, config)
-  state = mngr.restore(mngr.latest_step(),
-                       args=ocp.args.StandardRestore(trainer.abstract_state()))
+  source, trainer, state, _ = evaluate.restore_latest(config, workdir)
   examples = plots.test_examples(source, "test", range(48))
-  maps = plots.example_region_maps(trainer, source.meta, state, examples, list(range(10)))
+  seen = list(config.data.seen_labels)
+  maps = plots.example_region_maps(trainer, source.meta, state, examples, seen)
+  hit_table = plots.peak_hits(maps, examples, seen, source.meta.grid_shape,
+                              tuple(config.data.cells))
   hits, total = 0, 0
-  for ex, m in zip(examples, maps):
-    for digit in config.data.seen_labels:
+  for ex, m in zip(examples, maps):  # loop reference of peak_hits, then the claim itself
+    for j, digit in enumerate(seen):
       if ex["labels"][digit] == 1:
-        cell = plots.peak_cell(m[:, digit], source.meta.grid_shape, tuple(config.data.cells))
+        cell = plots.peak_cell(m[:, j], source.meta.grid_shape, tuple(config.data.cells))
         hits += int(ex["cell_digits"][cell] == digit)
         total += 1
+  assert int((hit_table == 1).sum()) == hits and int((hit_table >= 0).sum()) == total
   # A random cell would hold the digit ~1/9 of the time; the trained model's peak nearly
   # always does (the demo model: 181 of 185).
   assert total > 50 and hits / total >= 0.8, (hits, total)
 
 
 def test_restoring_with_another_config_names_the_differing_fields(trained):
-  from mlzsl_jax import evaluate
   config, workdir = trained
   assert evaluate._config_differences(config, workdir) == []
   other = apply_overrides(config, {"model.top_k": 2, "data.unseen_labels": (1, 2, 8)})
