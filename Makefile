@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 RUN := $(VENV)/bin/python
 
-.PHONY: setup demo test bench compare clean
+.PHONY: setup setup-torch demo test bench compare compare-pytorch clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -15,6 +15,11 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# Optional extra: torch 2.13.0 CPU (a wheel on local disk) for the PyTorch equality tests,
+# weight conversion from the official checkpoints and benchmarks/compare_pytorch.py.
+setup-torch: setup
+	$(VENV)/bin/pip install -q torch==2.13.0
 
 demo: setup
 	$(RUN) -m mlzsl_jax.main train --config configs/biam_digits.py --workdir workdirs/biam_digits
@@ -27,6 +32,10 @@ compare: setup
 
 bench: setup
 	$(RUN) benchmarks/train_throughput.py
+
+# BiAM train step, ours (jit) vs the same model in PyTorch eager, side by side, batch 32.
+compare-pytorch: setup-torch
+	$(RUN) benchmarks/compare_pytorch.py --batch 32 --steps 10
 
 clean:
 	rm -rf workdirs

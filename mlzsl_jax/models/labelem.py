@@ -46,7 +46,8 @@ class LabelEM(nnx.Module):
     if self.normalize_feature:
       theta = pooled.l2_normalize(theta)
     classifiers = self.label_proj(label_emb.astype(self.dtype))  # [L, C], rows W e_j
-    return {"scores": (theta @ classifiers.T).astype(jnp.float32)}
+    return {"scores": jnp.einsum("be,le->bl", theta, classifiers,
+                                 preferred_element_type=jnp.float32)}
 
 
 def harmonic_numbers(n: int) -> jax.Array:
