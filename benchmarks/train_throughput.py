@@ -68,7 +68,7 @@ class Shapes:
 SHAPES = {
     "nus_wide": Shapes("nus_wide", (14, 14), 512, 925, 81, 300, 4096,
                        model_overrides={"heads": 8, "scene_source": "dataset"},
-                       loss_renames={}),
+                       loss_renames={"ranking": "ranking_sorted"}),
     "open_images": Shapes("open_images", (14, 14), 512, 7186, 400, 300, 0,
                           model_overrides={"heads": 16, "scene_source": "mean_region",
                                            "label_chunk": 1024},

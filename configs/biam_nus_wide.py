@@ -52,7 +52,10 @@ def get_config(arg: str | None = None):
   c.model.out_dim = 512
   c.model.top_k = 6
   c.model.scene_source = args.scene
-  c.loss.name = "ranking"
+  # The spec's ranking loss in its exact sort-based form (same value and gradient as the
+  # pairwise 'ranking', tested): at 925 labels its gradient takes 6 ms instead of 174 ms per
+  # batch of 32 on a 2-core CPU (the pairwise form builds [batch, labels, labels]).
+  c.loss.name = "ranking_sorted"
   c.optimizer.name = "adam"
   c.optimizer.lr = 1e-3
   c.optimizer.b1 = 0.9

