@@ -34,7 +34,6 @@ lets XLA gather the rows it needs; no layout is imposed.
 from __future__ import annotations
 
 import functools
-import math
 from typing import Sequence
 
 import jax
