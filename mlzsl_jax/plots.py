@@ -52,7 +52,7 @@ def _lesa_map(model, feats, label_emb, scene):
   """LESA: the attention of the shared module that gives the label its (max) score."""
   out = model(feats, label_emb, scene, train=False)
   best = jnp.argmax(out["module_scores"], axis=1)  # [B, L]
-  maps = jnp.take_along_axis(out["attention"], best, axis=1)  # [B, L, R]
+  maps = jnp.take_along_axis(out["attention"], best[..., None], axis=1)  # [B, L, R]
   return jnp.swapaxes(maps, 1, 2)
 
 

@@ -122,3 +122,41 @@ def test_restoring_with_another_config_names_the_differing_fields(trained):
   assert evaluate._config_differences(other, workdir) == [
       "model.top_k: trained with 4, now 2",
       "data.unseen_labels: trained with [1, 2, 7], now [1, 2, 8]"]
+
+
+@pytest.mark.parametrize("name", ["biam", "lesa", "attention_per_label"])
+def test_region_maps_of_each_region_model_match_its_outputs(name):
+  """BiAM: its region scores; one attention per label: that label's attention; LESA: the
+  attention of the module with the label's highest module score (loops over the outputs)."""
+  import importlib
+
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from mlzsl_jax.models.registry import get_model_builder
+  module = importlib.import_module(f"mlzsl_jax.models.{name}")
+  cfg = module.model_config()
+  for field, value in (("channels", 8), ("heads", 2), ("out_dim", 6), ("top_k", 2),
+                       ("conv_channels", 8), ("num_modules", 3),
+                       ("scene_source", "mean_region")):
+    if field in cfg:
+      cfg[field] = value
+  model = get_model_builder(name)(cfg, feature_dim=6, emb_dim=5, grid_shape=(3, 4),
+                                  scene_dim=0, dtype=jnp.float32, rngs=nnx.Rngs(0))
+  rng = np.random.default_rng(0)
+  feats = jnp.asarray(rng.normal(size=(2, 12, 6)).astype(np.float32))
+  emb = jnp.asarray(rng.normal(size=(4, 5)).astype(np.float32))
+  maps = np.asarray(plots.REGION_MAPS.get(name)(model, feats, emb, None))
+  out = {k: np.asarray(v) for k, v in model(feats, emb, None, train=False).items()}
+  assert maps.shape == (2, 12, 4)
+  for b in range(2):
+    for lab in range(4):
+      if name == "biam":
+        want = out["region_scores"][b, :, lab]
+      elif name == "attention_per_label":
+        want = out["attention"][b, lab, :]
+      else:
+        best = max(range(out["module_scores"].shape[1]),
+                   key=lambda t: out["module_scores"][b, t, lab])
+        want = out["attention"][b, best, :]
+      np.testing.assert_allclose(maps[b, :, lab], want, rtol=1e-5, atol=1e-6)
