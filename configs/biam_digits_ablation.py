@@ -15,6 +15,9 @@ The reference point is context_both (= the demo).
   python -m mlzsl_jax.main report workdirs/biam_ablation
   --config configs/biam_digits_ablation.py:sweep=context   one group only (context, pooling,
       embedding); :smoke=True for tests
+  --config configs/biam_digits_ablation.py:seeds=3483/1/2   every point for each seed (the
+      first seed keeps the plain point names, so a finished single-seed sweep is reused);
+      then `report --aggregate` gives mean ± std per point
 """
 
 import os
@@ -25,7 +28,7 @@ from mlzsl_jax.sweep import load_config_module
 
 def get_config(arg: str | None = None):
   """The demo's config (configs/biam_digits.py), the base of every point."""
-  args = parse_arg(arg, smoke=False, sweep="all")
+  args = parse_arg(arg, smoke=False, sweep="all", seeds="")
   demo, _ = load_config_module(os.path.join(os.path.dirname(__file__), "biam_digits.py"))
   return demo.get_config(f"smoke={args.smoke}")
 
@@ -50,10 +53,20 @@ GROUPS = {
 
 
 def get_sweep(arg: str | None = None):
-  """{point name: overrides}; ``sweep=all`` or one group of GROUPS."""
-  args = parse_arg(arg, smoke=False, sweep="all")
+  """{point name: overrides}; ``sweep=all`` or one group of GROUPS; ``seeds=a/b/c``: each
+  point once per seed (``<name>_s<seed>`` for all but the first seed)."""
+  args = parse_arg(arg, smoke=False, sweep="all", seeds="")
   if args.sweep != "all" and args.sweep not in GROUPS:
     raise ValueError(f"config argument sweep={args.sweep!r}: expected 'all' or one of "
                      f"{sorted(GROUPS)}")
   groups = GROUPS if args.sweep == "all" else {args.sweep: GROUPS[args.sweep]}
-  return {name: overrides for group in groups.values() for name, overrides in group.items()}
+  points = {name: overrides for group in groups.values() for name, overrides in group.items()}
+  if not args.seeds:
+    return points
+  try:
+    seeds = [int(x) for x in args.seeds.split("/")]
+  except ValueError as e:
+    raise ValueError(f"config argument seeds={args.seeds!r}: expected integers joined by "
+                     "'/', e.g. seeds=3483/1/2") from e
+  return {(name if i == 0 else f"{name}_s{seed}"): {**overrides, "seed": seed}
+          for name, overrides in points.items() for i, seed in enumerate(seeds)}

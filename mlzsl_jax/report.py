@@ -7,7 +7,8 @@ Rows follow a sweep's ``sweep.json`` point order where there is one, then the pa
 columns follow the papers' tables: the config fields that differ between the rows (for a
 sweep: its override fields), then for ZSL and GZSL P@K, R@K, F1@K per K and mAP (multi-label
 protocols), or the protocol's own metrics in the order its evaluation wrote them. A final row
-gives the chance level when every run shares it.
+gives the chance level when every run shares it. ``--aggregate`` folds runs whose configs
+differ only in ``seed`` into one row of mean ± std (sample std, n-1) with a column ``n``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import json
 import os
 import re
 from typing import Any, Sequence
+
+import numpy as np
 
 from mlzsl_jax.sweep import RESULTS_FILE, SWEEP_FILE
 
@@ -137,27 +140,54 @@ def _chance_row(results: Sequence[dict]) -> dict | None:
 
 
 def build_table(dirs: Sequence[str], metrics: Sequence[str] | None = None,
-                fields: Sequence[str] | None = None) -> tuple[list[str], list[list[Any]]]:
-  """(header, rows) of the report; metric values x100 as floats, missing ones None."""
+                fields: Sequence[str] | None = None, aggregate: bool = False
+                ) -> tuple[list[str], list[list[Any]]]:
+  """(header, rows) of the report; metric values x100 as floats, missing ones None.
+
+  With ``aggregate``, runs whose configs are equal but for ``seed`` become one row (named
+  after its first run, a trailing ``_s<seed>`` dropped) whose metric cells are
+  ``(mean, std)`` pairs, followed by the run count ``n`` instead of the step.
+  """
   found = find_results(dirs)
   results = [load_results(path) for _, path in found]
   metrics = list(metrics) if metrics else metric_columns(results)
   if fields is None:
     fields = _sweep_fields(dirs) or varying_fields(results)
+  if aggregate:
+    fields = [f for f in fields if f != "seed"]
   header = ["run", *fields] + [f"{view.upper()} {_label(m)}" for view in VIEWS
-                               for m in metrics] + ["step"]
+                               for m in metrics] + ["n" if aggregate else "step"]
+  groups: dict[str, list[int]] = {}
+  for i, res in enumerate(results):
+    key = json.dumps({k: v for k, v in _flat(res["config"]).items() if k != "seed"},
+                     sort_keys=True) if aggregate else str(i)
+    groups.setdefault(key, []).append(i)
   rows = []
-  for (name, _), res in zip(found, results):
-    flat = _flat(res["config"])
-    rows.append([name, *(flat.get(f) for f in fields)]
-                + [_x100(res[view].get(m)) for view in VIEWS for m in metrics]
-                + [res["step"]])
+  for members in groups.values():
+    first = results[members[0]]
+    flat = _flat(first["config"])
+    values = [[_x100(results[i][view].get(m)) for i in members] for view in VIEWS
+              for m in metrics]
+    if aggregate:
+      name = re.sub(r"_s\d+$", "", found[members[0]][0])
+      cells = [_mean_std(v) for v in values] + [len(members)]
+    else:
+      name = found[members[0]][0]
+      cells = [v[0] for v in values] + [first["step"]]
+    rows.append([name, *(flat.get(f) for f in fields)] + cells)
   chance = _chance_row(results)
   if chance is not None:
     rows.append(["chance (random scores)", *([None] * len(fields))]
                 + [_x100(chance.get(view, {}).get(m)) for view in VIEWS for m in metrics]
                 + [None])
   return header, rows
+
+
+def _mean_std(values: list[float | None]) -> tuple[float, float] | None:
+  if any(v is None for v in values):
+    return None
+  v = np.asarray(values, np.float64)
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
 
 
 def _x100(value: Any) -> float | None:
@@ -167,6 +197,8 @@ def _x100(value: Any) -> float | None:
 def _cell(value: Any) -> str:
   if value is None:
     return ""
+  if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, float) for v in value):
+    return f"{value[0]:.1f} ± {value[1]:.1f}"
   if isinstance(value, float):
     return f"{value:.1f}"
   if isinstance(value, (list, tuple)):
@@ -183,10 +215,18 @@ def to_markdown(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def to_csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   out = io.StringIO()
   writer = csv.writer(out, lineterminator="\n")
-  writer.writerow(header)
+  pairs = [any(isinstance(r[j], tuple) for r in rows) for j in range(len(header))]
+  writer.writerow([h for j, h in enumerate(header)
+                   for h in ((h, f"{h} std") if pairs[j] else (h,))])
   for row in rows:
+    cells = []
+    for j, v in enumerate(row):
+      if pairs[j]:
+        cells += list(v) if isinstance(v, tuple) else [v, ""]
+      else:
+        cells.append(v)
     writer.writerow(["" if v is None else (json.dumps(v) if isinstance(v, (list, dict))
-                                           else v) for v in row])
+                                           else v) for v in cells])
   return out.getvalue()
 
 
@@ -202,9 +242,12 @@ def main(argv: Sequence[str]) -> str:
   parser.add_argument("--metrics", help="comma-separated metric keys (default: P/R/F1@K, mAP)")
   parser.add_argument("--fields", help="comma-separated config fields to show as columns "
                       "(default: the sweep's override fields, else those that differ)")
+  parser.add_argument("--aggregate", action="store_true", help="one row of mean ± std per "
+                      "config over runs that differ only in seed")
   args = parser.parse_args(list(argv))
   split = lambda s: [x for x in s.split(",") if x] if s is not None else None  # noqa: E731
-  header, rows = build_table(args.dirs, split(args.metrics), split(args.fields))
+  header, rows = build_table(args.dirs, split(args.metrics), split(args.fields),
+                             aggregate=args.aggregate)
   text = to_markdown(header, rows)
   print(f"values x100; mAP = official mean over all labels\n\n{text}", flush=True)
   if args.markdown:

@@ -205,3 +205,39 @@ def test_cli_sweep_trains_then_skips_and_reports(tmp_path):
   assert res["config"]["model"]["top_k"] == 36 and res["trained_to_end"]
   assert float(rows[2].split(",")[rows[0].split(",").index("ZSL mAP")]) == pytest.approx(
       100 * res["zsl"]["map"])
+
+
+def test_report_aggregates_seeds_into_mean_and_sample_std(tmp_path):
+  """Runs equal but for seed fold into one row: mean and std (n-1) of the files' values."""
+  import ml_collections
+  zsl_maps = {("a", 1): 0.30, ("a", 2): 0.34, ("a", 3): 0.29, ("b", 1): 0.20, ("b", 2): 0.26}
+  for (variant, seed), value in zsl_maps.items():
+    config = ml_collections.ConfigDict({"seed": seed, "model": {"variant": variant}})
+    workdir = tmp_path / (variant if seed == 1 else f"{variant}_s{seed}")
+    workdir.mkdir()
+    (workdir / "results.json").write_text(json.dumps(
+        {"step": 5, "config": config.to_dict(), "zsl": {"map": value},
+         "gzsl": {"map": value / 2}}))
+  header, rows = report.build_table([str(tmp_path)], aggregate=True)
+  assert header == ["run", "model.variant", "ZSL mAP", "GZSL mAP", "n"]
+  assert [r[0] for r in rows] == ["a", "b"] and [r[-1] for r in rows] == [3, 2]
+  for row, variant in zip(rows, "ab"):
+    vals = [100 * v for (var, _), v in zsl_maps.items() if var == variant]
+    mean = sum(vals) / len(vals)
+    std = (sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) ** 0.5
+    assert row[2] == pytest.approx((mean, std))
+    assert row[3] == pytest.approx((mean / 2, std / 2))
+  assert "| a | a | 31.0 ± 2.6 | 15.5 ± 1.3 | 3 |" in report.to_markdown(header, rows)
+  assert report.to_csv(header, rows).splitlines()[0] == (
+      "run,model.variant,ZSL mAP,ZSL mAP std,GZSL mAP,GZSL mAP std,n")
+
+
+def test_ablation_config_seeds_switch_keeps_first_seed_names():
+  spec = os.path.join(ROOT, "configs", "biam_digits_ablation.py")
+  points = {p.name: p.overrides for p in sweep.sweep_points(spec + ":sweep=pooling,seeds=3483/1")}
+  assert points == {"pool_max": {"model.top_k": 1, "seed": 3483},
+                    "pool_max_s1": {"model.top_k": 1, "seed": 1},
+                    "pool_mean": {"model.top_k": 36, "seed": 3483},
+                    "pool_mean_s1": {"model.top_k": 36, "seed": 1}}
+  with pytest.raises(ValueError, match="seeds='1-2'"):
+    sweep.sweep_points(spec + ":seeds=1-2")
