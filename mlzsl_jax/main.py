@@ -92,11 +92,8 @@ def _sweep(config, workdir):
   # The --config.x=y overrides given on the command line apply to every point.
   extra = [a for a in sys.argv if a.startswith("--config.")]
   if _LAUNCHER.value:
-    points = sweep.sweep_points(spec)
-    only = set(_ONLY.value or [p.name for p in points])
-    todo = [p for p in points if p.name in only and not sweep.is_finished(
-        os.path.join(workdir, p.name), sweep.apply_overrides(config, p.overrides))]
-    sweep.write_sweep_file(workdir, spec, points)
+    todo = [p for p, _, _, finished in sweep.plan(spec, config, workdir, _ONLY.value)
+            if not finished]
     for cmd in sweep.launch_commands(spec, workdir, todo, _LAUNCHER.value, extra):
       print(cmd)
     return

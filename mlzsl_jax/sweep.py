@@ -172,6 +172,27 @@ def write_sweep_file(root: str, config_spec: str, points: list[Point]) -> str:
   return path
 
 
+def plan(config_spec: str, base: ml_collections.ConfigDict, root: str,
+         only: list[str] | None = None
+         ) -> list[tuple[Point, ml_collections.ConfigDict, str, bool]]:
+  """(point, its config, its workdir, finished?) for the selected points, in sweep order;
+  writes ``root/sweep.json``. ``only``: point names (an unknown name is a ValueError)."""
+  points = sweep_points(config_spec)
+  names = [p.name for p in points]
+  unknown = sorted(set(only or ()) - set(names))
+  if unknown:
+    raise ValueError(f"--only {unknown}: not points of {config_spec}; points: {names}")
+  write_sweep_file(root, config_spec, points)
+  out = []
+  for point in points:
+    if only and point.name not in only:
+      continue
+    config = apply_overrides(base, point.overrides, where=f"sweep point {point.name!r}")
+    workdir = os.path.join(root, point.name)
+    out.append((point, config, workdir, is_finished(workdir, config)))
+  return out
+
+
 def run_sweep(config_spec: str, base: ml_collections.ConfigDict, root: str, *,
               train_fn: Callable[[ml_collections.ConfigDict, str], Any] | None = None,
               only: list[str] | None = None, log: Callable[[str], None] = print
@@ -193,24 +214,15 @@ def run_sweep(config_spec: str, base: ml_collections.ConfigDict, root: str, *,
   if train_fn is None:
     from mlzsl_jax import train
     train_fn = train.train_and_evaluate
-  points = sweep_points(config_spec)
-  names = [p.name for p in points]
-  unknown = sorted(set(only or ()) - set(names))
-  if unknown:
-    raise ValueError(f"--only {unknown}: not points of {config_spec}; points: {names}")
-  write_sweep_file(root, config_spec, points)
+  todo = plan(config_spec, base, root, only)
   status = {}
-  for i, point in enumerate(points, 1):
-    if only and point.name not in only:
-      continue
-    config = apply_overrides(base, point.overrides, where=f"sweep point {point.name!r}")
-    workdir = os.path.join(root, point.name)
-    if is_finished(workdir, config):
-      log(f"[{i}/{len(points)}] {point.name}: finished earlier ({workdir}/{RESULTS_FILE}), "
+  for i, (point, config, workdir, finished) in enumerate(todo, 1):
+    if finished:
+      log(f"[{i}/{len(todo)}] {point.name}: finished earlier ({workdir}/{RESULTS_FILE}), "
           "skipped")
       status[point.name] = "skipped"
       continue
-    log(f"[{i}/{len(points)}] {point.name}: {point.overrides or '(base config)'} -> {workdir}")
+    log(f"[{i}/{len(todo)}] {point.name}: {point.overrides or '(base config)'} -> {workdir}")
     t0 = time.perf_counter()
     try:
       train_fn(config, workdir)
@@ -219,5 +231,5 @@ def run_sweep(config_spec: str, base: ml_collections.ConfigDict, root: str, *,
       status[point.name] = f"failed: {type(e).__name__}: {e}"
       continue
     status[point.name] = "done"
-    log(f"[{i}/{len(points)}] {point.name}: done in {time.perf_counter() - t0:.0f} s")
+    log(f"[{i}/{len(todo)}] {point.name}: done in {time.perf_counter() - t0:.0f} s")
   return status

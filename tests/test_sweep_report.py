@@ -241,3 +241,16 @@ def test_ablation_config_seeds_switch_keeps_first_seed_names():
                     "pool_mean_s1": {"model.top_k": 36, "seed": 1}}
   with pytest.raises(ValueError, match="seeds='1-2'"):
     sweep.sweep_points(spec + ":seeds=1-2")
+
+
+def test_plan_marks_finished_points_for_the_launch_commands(tmp_path, config_spec):
+  module, _ = sweep.load_config_module(config_spec)
+  base, root = module.get_config(), str(tmp_path / "s")
+  sweep.run_sweep(config_spec, base, root, train_fn=fake_train([]), only=["both", "max"],
+                  log=lambda s: 0)
+  todo = sweep.plan(config_spec, base, root)
+  assert [(p.name, finished) for p, _, _, finished in todo] == [
+      ("both", True), ("none", False), ("max", True)]
+  assert [p.name for p, *_ in sweep.plan(config_spec, base, root, only=["none"])] == ["none"]
+  with pytest.raises(ValueError, match=r"--only \['nope'\]"):
+    sweep.plan(config_spec, base, root, only=["nope"])
