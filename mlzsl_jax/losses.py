@@ -30,12 +30,17 @@ def ranking_loss(scores: jax.Array, states: jax.Array, eps: float = 1e-8) -> jax
     scalar float32.
   """
   scores = scores.astype(jnp.float32)
-  pos = (states > 0).astype(jnp.float32)
-  neg = (states < 0).astype(jnp.float32)
-  pair_mask = pos[:, None, :] * neg[:, :, None]  # [B, negatives, positives]
-  hinge = jnp.maximum(0.0, pair_mask * (1.0 + scores[:, :, None] - scores[:, None, :]))
+  hinge = jnp.maximum(0.0, pair_mask(states) * (1.0 + scores[:, :, None] - scores[:, None, :]))
   violations = jnp.sum(jnp.sign(hinge), axis=(1, 2))
   return jnp.mean(jnp.sum(hinge, axis=(1, 2)) / (violations + eps))
+
+
+def pair_mask(states: jax.Array) -> jax.Array:
+  """states: [B, L] in {1, -1, 0} -> float32 [B, negatives n, positives p]: 1 where label n
+  is negative and label p positive in the image (unknown states form no pair)."""
+  pos = (states > 0).astype(jnp.float32)
+  neg = (states < 0).astype(jnp.float32)
+  return neg[:, :, None] * pos[:, None, :]
 
 
 def ranking_loss_sorted(scores: jax.Array, states: jax.Array, eps: float = 1e-8) -> jax.Array:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from mlzsl_jax import losses
 from mlzsl_jax.losses import register_loss
 from mlzsl_jax.models import pooled
 from mlzsl_jax.models.registry import register_model
@@ -58,9 +59,7 @@ def ranknet_loss(scores: jax.Array, states: jax.Array) -> jax.Array:
     scalar float32.
   """
   scores = scores.astype(jnp.float32)
-  pos = (states > 0).astype(jnp.float32)
-  neg = (states < 0).astype(jnp.float32)
-  pair_mask = neg[:, :, None] * pos[:, None, :]  # [B, negatives, positives]
+  pair_mask = losses.pair_mask(states)  # [B, negatives, positives]
   pair_loss = jax.nn.softplus(scores[:, :, None] - scores[:, None, :])  # log(1+e^(s_n-s_p))
   n_pairs = jnp.sum(pair_mask, axis=(1, 2))
   per_image = jnp.sum(pair_mask * pair_loss, axis=(1, 2)) / jnp.maximum(n_pairs, 1.0)
