@@ -1,7 +1,8 @@
 """BiAM on NUS-WIDE (925 seen + 81 unseen labels) from the official BiAM files: the paper's setup.
 
-  python -m mlzsl_jax.main train --config configs/biam_nus_wide.py \\
-      --config.data.manual_dir=/path/to/BiAM/datasets/NUS-WIDE --workdir workdirs/biam_nus
+  python -m mlzsl_jax.main reproduce --config configs/biam_nus_wide.py:scene=vgg19 \\
+      --config.data.manual_dir=/path/to/BiAM/datasets/NUS-WIDE \\
+      --config.data.scene_weights=/path/to/vgg19-dcbb9e9d.pth --workdir workdirs/biam_nus
 
 Values of the official run (akshitac8/BiAM scripts/train_nus.sh, train_nus.py, config.py):
 channel_dim 256, heads 8, top-6 region scores, Adam lr 1e-3 betas (0.9, 0.999) with L2 weight
@@ -11,36 +12,56 @@ images without a positive seen label; F1 at K = 3 and 5, mAP over all test image
 excluded). Label embeddings: the official GloVe vectors, each row L2-normalised ("glove").
 Labels: seen = 0..924 (TagList1k tags that are not concepts), unseen = 925..1005 (Concepts81).
 
-Splits. The official script trains on the first 80% of img_names.pkl ("train80"), validates on
-the rest ("val20") every 2 epochs after epoch 3 keeping the best seen-label F1@5, then
-fine-tunes that model on all training images ("train") for up to 5 epochs at lr 3.33e-4 and
-tests after each. ``split=train80`` runs the first phase (evaluated on "val20"); the default
-trains on "train" and tests on "test".
+Protocol (``get_phases``; run both with ``main reproduce``, see docs/reproduce.md), as
+train_nus.py does it:
+  select    train80 (the first int(0.8 N) names of img_names.pkl), 40 epochs, warm-up 3 +
+            cosine to 5e-4; validation on val20 after epochs 4, 6, ..., 40 (``epoch > 3 and
+            epoch % 2 == 0``, and the last), keeping the checkpoint with the best F1@5 over the
+            925 seen labels (ties -> the later epoch, the official ``>=``); a test pass of that
+            best checkpoint after epochs 10, 20, 30, 40.
+  finetune  from select's best checkpoint (parameters and BatchNorm statistics), a fresh Adam
+            at a constant 3.33e-4 (weight decay 5e-4), the full "train" split, 5 epochs, a
+            test pass after each.
+``main train`` with this config runs one plain phase instead (``split=train80`` trains on
+train80 and tests on val20).
 
-Scene feature. The official model computes x_g = VGG19 pool5 + fc6 + fc7 (frozen ImageNet
-weights) of the region features on the fly; the official h5 files store no scene feature, so
-by default this config uses the substitute scene_source="mean_region" (a learned projection of
-the mean region feature) and its numbers are NOT the paper's architecture. With scene features
-stored in the dataset (computed with user-provided VGG19 weights), pass ``scene=dataset``.
+Scene feature (``scene=``). ``vgg19``: the official architecture: x_g = VGG19's last max-pool
++ fc6 + fc7 (frozen ImageNet weights, eval mode) of the region features, computed once when
+the dataset is prepared with ``--config.data.scene_weights=/path/vgg19-dcbb9e9d.pth`` (the
+torchvision file; nothing is downloaded) and stored with it. ``mean_region`` (default, no
+weights needed): a learned projection of the mean region feature, NOT the paper's
+architecture.
+
+Config arguments: scene (mean_region | vgg19), split (train | train80); for the phases also
+select_epochs (40), finetune_epochs (5), val_after (3), val_every (2), test_every (10).
 """
 
 from mlzsl_jax.config_base import base_config, parse_arg
 from mlzsl_jax.models import biam
 
 NUM_SEEN, NUM_UNSEEN = 925, 81
+SCENES = ("mean_region", "vgg19")
+
+
+def _args(arg: str | None):
+  return parse_arg(arg, scene="mean_region", split="train", select_epochs=40,
+                   finetune_epochs=5, val_after=3, val_every=2, test_every=10)
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, scene="mean_region", split="train")
-  if args.scene not in ("mean_region", "dataset"):
-    raise ValueError(f"config argument scene={args.scene!r}: expected 'mean_region' or "
-                     f"'dataset'")
+  args = _args(arg)
+  if args.scene not in SCENES:
+    raise ValueError(f"config argument scene={args.scene!r}: expected one of {SCENES}")
   if args.split not in ("train", "train80"):
     raise ValueError(f"config argument split={args.split!r}: expected 'train' or 'train80'")
   c = base_config()
   c.seed = 3483
   c.data.name = "nus_wide"
   c.data.manual_dir = ""  # the official NUS-WIDE folder (needed for the first build only)
+  # 'vgg19': the dataset stores VGG19's fc7 scene feature (built with data.scene_weights, the
+  # torchvision vgg19-dcbb9e9d.pth file, needed for the first build only); 'none': no scene.
+  c.data.scene = "vgg19" if args.scene == "vgg19" else "none"
+  c.data.scene_weights = ""
   c.data.embedding = "glove"
   c.data.seen_labels = tuple(range(NUM_SEEN))
   c.data.unseen_labels = tuple(range(NUM_SEEN, NUM_SEEN + NUM_UNSEEN))
@@ -51,7 +72,7 @@ def get_config(arg: str | None = None):
   c.model.heads = 8
   c.model.out_dim = 512
   c.model.top_k = 6
-  c.model.scene_source = args.scene
+  c.model.scene_source = "dataset" if args.scene == "vgg19" else "mean_region"
   # The spec's ranking loss in its exact sort-based form (same value and gradient as the
   # pairwise 'ranking', tested): at 925 labels its gradient takes 6 ms instead of 174 ms per
   # batch of 32 on a 2-core CPU (the pairwise form builds [batch, labels, labels]).
@@ -75,3 +96,35 @@ def get_config(arg: str | None = None):
   c.eval.exclude_images_without_positive = False  # BiAM's NUS-WIDE test keeps every image
   c.eval.batch_size = 500
   return c
+
+
+def get_phases(arg: str | None = None) -> dict[str, dict]:
+  """train_nus.py's two phases (see the module docstring)."""
+  a = _args(arg)
+  if a.val_every < 1 or a.test_every < 1:
+    raise ValueError("config arguments val_every and test_every must be >= 1")
+  last = a.select_epochs
+
+  def cadence(every: int) -> tuple[int, ...]:  # the official `epoch > 3 and epoch % n == 0`
+    return tuple(e for e in range(1, last + 1) if (e > a.val_after and e % every == 0)
+                 or e == last)
+
+  return {
+      "select": {
+          "data.train_split": "train80",
+          "train.num_epochs": last,
+          "eval.val_split": "val20",
+          "eval.val_epochs": cadence(a.val_every),
+          "eval.select_metric": "seen/f1@5",
+          "eval.test_epochs": cadence(a.test_every),
+          "eval.test_checkpoint": "best",
+      },
+      "finetune": {
+          "train.init_from": "{select}/best",
+          "data.train_split": "train",
+          "train.num_epochs": a.finetune_epochs,
+          "optimizer.schedule": "constant",
+          "optimizer.lr": 3.33e-4,
+          "eval.test_epochs": tuple(range(1, a.finetune_epochs + 1)),
+      },
+  }

@@ -61,6 +61,14 @@ def base_config() -> ml_collections.ConfigDict:
   # small N costs host/device overlap: 10 steps is far inside any preemption grace period.
   c.train.preemption_check_every_steps = 10
   c.train.profile_steps = (0, 0)  # (first, last) step to trace with jax.profiler; (0, 0) off
+  # Start (at step 0, with a fresh optimizer) from the parameters and BatchNorm statistics of
+  # another run's checkpoint: 'DIR' (a checkpoint folder, e.g. WORKDIR/best: its latest step)
+  # or 'DIR:STEP'. Used by fine-tune phases (mlzsl_jax/phases.py); ignored once this workdir
+  # has its own checkpoints (a resumed run continues from them).
+  c.train.init_from = ""
+  # Drop training images with more than this many positive (seen) labels; 0 = keep all.
+  # BiAM's Open Images script keeps images with <= 40 positives.
+  c.train.max_positive_labels = 0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "multilabel"  # or 'single_label' (per-class top-1, GZSL H; DEM's benchmarks)
@@ -72,6 +80,18 @@ def base_config() -> ml_collections.ConfigDict:
   # (NumPy), 'auto' = device on GPU / TPU, host on CPU. Same numbers (tests); the chance
   # level's random draws differ between the two (jax.random vs NumPy).
   c.eval.metrics_on = "auto"
+  # Validation-based model selection (mlzsl_jax/selection.py): after each epoch listed in
+  # val_epochs (1-based) the split val_split is scored; the checkpoint with the best
+  # select_metric ('<view>/<metric>', views seen / zsl / gzsl; ties -> the later epoch) is
+  # kept in WORKDIR/best. '' = no validation.
+  c.eval.val_split = ""
+  c.eval.val_epochs = ()
+  c.eval.select_metric = "seen/f1@5"
+  # Test passes after these epochs (besides the final one), recorded in WORKDIR/evals.json.
+  c.eval.test_epochs = ()
+  # Which parameters the test passes and the final evaluation score: 'latest' (the current
+  # ones) or 'best' (the validation-selected checkpoint, as BiAM's train_nus.py test()).
+  c.eval.test_checkpoint = "latest"
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1

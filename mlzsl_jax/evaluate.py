@@ -1,4 +1,6 @@
-"""Evaluation: scores for every test image, then ZSL / GZSL metrics and a paper-style table."""
+"""Evaluation: scores for every image of a split, then ZSL / GZSL metrics and a paper-style
+table. Pure evaluation of a given state: restoring checkpoints is ``restore.py``'s job, so
+neither this module nor ``train.py`` imports the other's callers."""
 
 from __future__ import annotations
 
@@ -8,24 +10,21 @@ import time
 from typing import Callable
 
 import jax
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from mlzsl_jax import distributed
 from mlzsl_jax import metrics
 from mlzsl_jax import metrics_device
 from mlzsl_jax import metrics_open_images
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data import pipeline
-from mlzsl_jax.data.source import DatasetSource, get_dataset
+from mlzsl_jax.data.source import DatasetSource
 from mlzsl_jax.registry import Registry
 
 
-def collect_scores(trainer, source: DatasetSource, state, config
+def collect_scores(trainer, source: DatasetSource, state, config, split_name: str = ""
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Scores of the test split.
+  """Scores of the split ``split_name`` ('' = ``config.data.test_split``).
 
   Returns:
     zsl_scores [N, unseen] (the model given only the unseen embeddings),
@@ -39,7 +38,8 @@ def collect_scores(trainer, source: DatasetSource, state, config
   embs = tuple(jax.device_put(e, trainer.repl) for e in (trainer.emb_unseen, trainer.emb_gzsl))
   order = np.asarray(split.seen + split.unseen)
   zsl, gzsl, labels, index = [], [], [], []
-  for batch, _ in pipeline.eval_batches(source, split=config.data.test_split,
+  split_name = split_name or config.data.test_split
+  for batch, _ in pipeline.eval_batches(source, split=split_name,
                                         global_batch=config.eval.batch_size,
                                         data_shards=trainer.mesh.shape["data"],
                                         process_split=config.data.process_split,
@@ -62,7 +62,7 @@ def collect_scores(trainer, source: DatasetSource, state, config
   index = np.concatenate(index)
   perm = np.argsort(index, kind="stable")
   if not np.array_equal(index[perm], np.arange(len(index))):
-    raise RuntimeError(f"evaluation of split {config.data.test_split!r}: gathered example "
+    raise RuntimeError(f"evaluation of split {split_name!r}: gathered example "
                        f"indices are not each of 0..{len(index) - 1} once (a data-pipeline "
                        "bug)")
   return (np.concatenate(zsl)[perm], np.concatenate(gzsl)[perm],
@@ -136,16 +136,38 @@ for _protocol in metrics_open_images.PROTOCOLS:  # "open_images_official", "open
       metrics_open_images.evaluation_protocol(_protocol))
 
 
-def evaluate_state(trainer, source: DatasetSource, state, config) -> dict:
-  """{'zsl': view, 'gzsl': view, 'chance': {'zsl', 'gzsl'}, 'num_images', 'table', ...}."""
+def evaluate_state(trainer, source: DatasetSource, state, config, split_name: str = ""
+                   ) -> dict:
+  """{'zsl': view, 'gzsl': view, 'chance': {'zsl', 'gzsl'}, 'num_images', 'table', ...} of
+  the split ``split_name`` ('' = ``config.data.test_split``) under ``config.eval.protocol``."""
   t0 = time.perf_counter()
-  zsl_scores, gzsl_scores, labels = collect_scores(trainer, source, state, config)
+  zsl_scores, gzsl_scores, labels = collect_scores(trainer, source, state, config, split_name)
   protocol = PROTOCOLS.get(config.eval.protocol)
   result, table = protocol(zsl_scores, gzsl_scores, labels, len(trainer.split.seen), config)
   result["table"] = table
   result["num_images"] = int(len(labels))
   result["eval_seconds"] = time.perf_counter() - t0
   return result
+
+
+def validation_views(trainer, source: DatasetSource, state, config, split_name: str
+                     ) -> dict[str, dict[str, float]]:
+  """Model-selection metrics of ``split_name`` (a validation split), no chance level.
+
+  Returns {"seen": view over the seen labels only (the official BiAM validation: F1@5 over
+  the 925 seen labels of val20), "zsl": view over the unseen labels, "gzsl": all}, each
+  view {"map", "map_with_positives", "p@k", "r@k", "f1@k"} for k in ``eval.ks``.
+  """
+  zsl_scores, gzsl_scores, labels = collect_scores(trainer, source, state, config, split_name)
+  num_seen = len(trainer.split.seen)
+  ks = tuple(config.eval.ks)
+  exclude = config.eval.exclude_images_without_positive
+  views = metrics.evaluate_multilabel(gzsl_scores, labels, range(num_seen),
+                                      range(num_seen, labels.shape[1]), ks, exclude,
+                                      zsl_scores=zsl_scores)
+  views["seen"] = metrics.evaluate_view(gzsl_scores[:, :num_seen], labels[:, :num_seen], ks,
+                                        exclude)
+  return views
 
 
 def flatten(result: dict) -> dict[str, float]:
@@ -157,6 +179,15 @@ SCENE_SOURCES = {
     "dataset": "scene feature stored with the dataset",
     "mean_region": "scene feature substitute: learned projection of the mean region feature",
 }
+
+
+def scene_description(config, meta) -> str:
+  """Which scene feature the model reads, in words ('' when the model reads none)."""
+  source = config.model.get("scene_source", "")
+  if source == "dataset":
+    return (f"scene feature: stored with the dataset ({meta.scene_dim}-d, "
+            f"data.scene={config.data.get('scene', 'none')!r})")
+  return SCENE_SOURCES.get(source, "")
 
 
 def report(result: dict, config, workdir: str, step: int, *, trained_to_end: bool = False,
@@ -188,54 +219,3 @@ def report(result: dict, config, workdir: str, step: int, *, trained_to_end: boo
                 f, indent=2)
     os.replace(path + ".tmp", path)
   return table
-
-
-def _config_differences(config, workdir: str) -> list[str]:
-  """Model / data / label fields where ``workdir/config.json`` (written by training) and
-  ``config`` disagree: evaluating a checkpoint with another split or model is a mistake."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    trained = json.load(f)
-  now = json.loads(config.to_json_best_effort())
-  out = []
-  for block in ("model", "data"):
-    for key in sorted(set(trained.get(block, {})) | set(now.get(block, {}))):
-      if key != "data_dir" and trained.get(block, {}).get(key) != now.get(block, {}).get(key):
-        out.append(f"{block}.{key}: trained with {trained.get(block, {}).get(key)!r}, "
-                   f"now {now.get(block, {}).get(key)!r}")
-  return out
-
-
-def restore_latest(config: ml_collections.ConfigDict, workdir: str):
-  """(source, trainer, state, step) of the latest checkpoint in ``workdir``.
-
-  Warns (process 0) where the workdir was trained with other model / data fields (e.g. another
-  seen / unseen split): the scores would then be those of a different experiment.
-  """
-  from mlzsl_jax import train
-
-  workdir = train.ensure_workdir(workdir)
-  source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
-  trainer = train.Trainer(config, source.meta, mesh, steps_per_epoch=1)
-  mngr = train.checkpoint_manager(workdir, config)
-  step = mngr.latest_step()
-  if step is None:
-    raise FileNotFoundError(f"--workdir {workdir!r}: no checkpoint under "
-                            f"{os.path.join(workdir, 'checkpoints')}; train first")
-  differences = _config_differences(config, workdir)
-  if differences and jax.process_index() == 0:
-    print(f"WARNING: {workdir}/config.json differs from this config in: "
-          + "; ".join(differences), flush=True)
-  state = mngr.restore(step, args=ocp.args.StandardRestore(trainer.abstract_state()))
-  return source, trainer, state, step
-
-
-def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Restores the latest checkpoint in ``workdir`` and prints the evaluation table."""
-  source, trainer, state, step = restore_latest(config, workdir)
-  result = evaluate_state(trainer, source, state, config)
-  report(result, config, workdir, step)
-  return result

@@ -1,6 +1,8 @@
 """Command line: python -m mlzsl_jax.main {train,evaluate} --config FILE[:ARG] --workdir DIR.
 
-Commands: train, evaluate [--init_from=OFFICIAL_WEIGHTS], prepare (build the dataset),
+Commands: train, evaluate [--checkpoint=latest|best|STEP] [--init_from=OFFICIAL_WEIGHTS],
+reproduce (the config file's get_phases() in order, e.g. select on val20 then fine-tune, and
+one final table), prepare (build the dataset),
 convert --init_from=OFFICIAL_WEIGHTS (into the workdir's checkpoint of step 0),
 sweep (every point of the config file's get_sweep(), or --launcher=local|slurm|tpu_pod to
 print one launch command per point), plots (PNG figures of a trained workdir),
@@ -43,6 +45,11 @@ _INIT_FROM = flags.DEFINE_string(
     "to convert to our parameters instead of restoring a checkpoint of the workdir.")
 
 
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "latest", "evaluate: which checkpoint of the workdir: 'latest', 'best' "
+    "(selected on the validation split) or a step number.")
+
+
 _LAUNCHER = flags.DEFINE_string(
     "launcher", None, "sweep: print one command per unfinished point for launch/<launcher> "
     "(local, slurm, tpu_pod) instead of running the points here.")
@@ -62,8 +69,16 @@ def _evaluate(config, workdir):
   if _INIT_FROM.value:
     from mlzsl_jax import convert
     return convert.evaluate_init_from(config, workdir, _INIT_FROM.value)
-  from mlzsl_jax import evaluate
-  return evaluate.evaluate(config, workdir)
+  from mlzsl_jax import restore
+  return restore.evaluate(config, workdir, _CHECKPOINT.value)
+
+
+def _reproduce(config, workdir):
+  """Runs the config file's get_phases() in order (each resumable), then the final table."""
+  from mlzsl_jax import phases
+  spec = config_flags.get_config_filename(flags.FLAGS["config"])
+  if phases.run_phases(spec, config, workdir) is None:
+    raise SystemExit(0)
 
 
 def _prepare(config, workdir):
@@ -114,8 +129,8 @@ def _plots(config, workdir):
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "prepare": _prepare, "convert": _convert,
-            "sweep": _sweep, "plots": _plots}
-NEEDS_WORKDIR = {"train", "evaluate", "convert", "sweep", "plots"}
+            "sweep": _sweep, "plots": _plots, "reproduce": _reproduce}
+NEEDS_WORKDIR = {"train", "evaluate", "convert", "sweep", "plots", "reproduce"}
 
 
 def _unknown_override(argv: list[str]) -> str | None:

@@ -300,6 +300,26 @@ def _evaluate_columns(scores: np.ndarray, labels: np.ndarray, cols: np.ndarray,
   return out
 
 
+def evaluate_view(scores: np.ndarray, labels: np.ndarray, ks: Sequence[int] = (3, 5),
+                  exclude_images_without_positive: bool = False) -> dict[str, float]:
+  """The multi-label metrics of one label set: every column of ``scores`` / ``labels``.
+
+  Args:
+    scores: [images, labels] float, finite.
+    labels: [images, labels] states 1 / -1 / 0.
+    ks: the K of P/R/F1@K, each 1 <= k <= labels.
+    exclude_images_without_positive: as in ``evaluate_multilabel``.
+
+  Returns:
+    {"map", "map_with_positives", "p@k", "r@k", "f1@k" for k in ks}, fractions in [0, 1].
+  """
+  scores, labels = _check_pair(scores, labels)
+  for k in ks:
+    _check_k(k, scores.shape[1], name="ks")
+  return _evaluate_columns(scores, labels, np.arange(scores.shape[1]), ks,
+                           exclude_images_without_positive)
+
+
 def _check_views(num_labels: int, seen_ids: Sequence[int], unseen_ids: Sequence[int],
                  ks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
   """Validates seen/unseen ids and ks; returns (ZSL columns, GZSL columns)."""

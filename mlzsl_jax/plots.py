@@ -276,9 +276,9 @@ def plot_workdir(config, workdir: str, examples: Sequence[int] = (0,),
   """
   from clu import metric_writers
 
-  from mlzsl_jax import evaluate
+  from mlzsl_jax import evaluate, restore
 
-  source, trainer, state, step = evaluate.restore_latest(config, workdir)
+  source, trainer, state, step = restore.restore_latest(config, workdir)
   meta = source.meta
   out_dir = os.path.join(workdir, "plots")
   os.makedirs(out_dir, exist_ok=True)

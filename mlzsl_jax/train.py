@@ -28,7 +28,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from mlzsl_jax import distributed
+from mlzsl_jax import evaluate
 from mlzsl_jax import losses
+from mlzsl_jax import selection
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data import pipeline
 from mlzsl_jax.data.source import DatasetMeta, get_dataset
@@ -245,6 +247,9 @@ class Trainer:
                    for e in label_embs)
 
 
+BEST_DIR = "best"  # WORKDIR/best: the validation-selected checkpoint (one step kept)
+
+
 def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
       save_interval_steps=config.train.checkpoint_every_steps,
@@ -252,13 +257,169 @@ def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
 
 
-def restore_or_init(trainer: Trainer, mngr: ocp.CheckpointManager) -> TrainState:
+def best_checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
+  """``WORKDIR/best``: holds the one checkpoint chosen by validation (selection.py)."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
+  return ocp.CheckpointManager(os.path.join(workdir, BEST_DIR), options=options)
+
+
+def parse_init_from(spec: str) -> tuple[str, int | None]:
+  """'DIR' -> (DIR, None = its latest step); 'DIR:STEP' -> (DIR, STEP)."""
+  path, sep, step = spec.rpartition(":")
+  if sep and step.isdigit():
+    return os.path.expanduser(path), int(step)
+  return os.path.expanduser(spec), None
+
+
+def init_from_checkpoint(trainer: Trainer, spec: str) -> TrainState:
+  """A fresh state (step 0, fresh optimizer) with the parameters and model state (BatchNorm
+  statistics) of the checkpoint ``spec`` ('DIR' or 'DIR:STEP', config train.init_from)."""
+  path, step = parse_init_from(spec)
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"config field train.init_from={spec!r}: no checkpoint folder "
+                            f"{path!r}")
+  mngr = ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(mngr.all_steps())
+  step = steps[-1] if step is None and steps else step
+  if step is None or step not in steps:
+    raise FileNotFoundError(f"config field train.init_from={spec!r}: no checkpoint of step "
+                            f"{step} in {path!r} (kept steps: {steps})")
+  try:
+    source = mngr.restore(step, args=ocp.args.StandardRestore(trainer.abstract_state()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"config field train.init_from={spec!r}: the checkpoint of step {step} "
+                     f"does not fit this model and optimizer: {e}") from e
+  finally:
+    mngr.close()
+  fresh = trainer.init_state()
+  if jax.process_index() == 0:
+    print(f"starting from the parameters of {path} step {step} (fresh optimizer, step 0)",
+          flush=True)
+  return fresh.replace(params=source.params, model_state=source.model_state)
+
+
+def restore_or_init(trainer: Trainer, mngr: ocp.CheckpointManager,
+                    init_from: str = "") -> TrainState:
+  """The latest checkpoint of ``mngr``; else the ``init_from`` parameters; else fresh."""
   latest = mngr.latest_step()
   if latest is None:
-    return trainer.init_state()
+    return init_from_checkpoint(trainer, init_from) if init_from else trainer.init_state()
   if jax.process_index() == 0:
     print(f"resuming from checkpoint step {latest} in {mngr.directory}", flush=True)
   return mngr.restore(latest, args=ocp.args.StandardRestore(trainer.abstract_state()))
+
+
+class EpochEvaluations:
+  """Scheduled validation and test passes at epoch ends, and the best checkpoint.
+
+  After each epoch of ``eval.val_epochs`` the split ``eval.val_split`` is scored
+  (``evaluate.validation_views``); when its ``eval.select_metric`` is >= the best so far the
+  state is saved into WORKDIR/best. After each epoch of ``eval.test_epochs`` the test split is
+  scored with the parameters named by ``eval.test_checkpoint``. Every result is a record of
+  WORKDIR/evals.json (``selection.EvalHistory``), written only after the checkpoints it
+  refers to are on disk, so ``run`` is idempotent: calling it again for an epoch after a
+  crash redoes exactly what is missing.
+  """
+
+  def __init__(self, trainer: Trainer, source, config, workdir: str,
+               mngr: ocp.CheckpointManager, writer, num_epochs: int):
+    ev = config.eval
+    self.trainer, self.source, self.config, self.mngr, self.writer = (
+        trainer, source, config, mngr, writer)
+    self.val_split = ev.val_split
+    if ev.val_epochs and not self.val_split:
+      raise ValueError("config field eval.val_epochs is set but eval.val_split is ''; name "
+                       "the validation split (e.g. 'val20')")
+    self.val_epochs = selection.check_epochs(ev.val_epochs, num_epochs, "eval.val_epochs")
+    if self.val_split:
+      selection.parse_metric(ev.select_metric)
+    self.test_epochs = selection.check_epochs(ev.test_epochs, num_epochs, "eval.test_epochs")
+    self.test_checkpoint = selection.check_checkpoint_choice(ev.test_checkpoint,
+                                                             "eval.test_checkpoint")
+    if self.test_checkpoint == "best" and not self.val_epochs:
+      raise ValueError("config field eval.test_checkpoint='best' needs validation-based "
+                       "selection: set eval.val_split and eval.val_epochs")
+    self.history = selection.EvalHistory(workdir)
+    self.best_mngr = best_checkpoint_manager(workdir) if self.val_epochs else None
+
+  def _missing(self, epoch: int, tests: bool) -> tuple[bool, bool]:
+    val = epoch in self.val_epochs and self.history.get("val", epoch) is None
+    test = tests and epoch in self.test_epochs and self.history.get("test", epoch) is None
+    return val, test
+
+  def run(self, epoch: int, step: int, state: TrainState, tests: bool = True) -> None:
+    """The evaluations scheduled after ``epoch`` (ending at ``step``) not yet recorded."""
+    val, test = self._missing(epoch, tests)
+    if not (val or test):
+      return
+    self.mngr.wait_until_finished()
+    if self.mngr.latest_step() != step:  # records only refer to checkpoints on disk
+      self.mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+      self.mngr.wait_until_finished()
+    if val:
+      self._validate(epoch, step, state)
+    if test:
+      self.record_test(epoch, step, self.evaluate_test(state, step))
+
+  def _validate(self, epoch: int, step: int, state: TrainState) -> None:
+    metric = self.config.eval.select_metric
+    views = evaluate.validation_views(self.trainer, self.source, state, self.config,
+                                      self.val_split)
+    record = selection.make_record("val", epoch, step, self.val_split, "latest", step, views,
+                                   metric=metric)
+    previous = selection.best_record(self.history.of_kind("val"), metric)
+    value = selection.metric_value(record, metric)
+    selected = value == value and (  # NaN never selected
+        previous is None or value >= selection.metric_value(previous, metric))
+    if selected and step not in self.best_mngr.all_steps():
+      self.best_mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+      self.best_mngr.wait_until_finished()
+    record["selected"] = bool(selected)
+    self.history.add(record)
+    self.writer.write_scalars(step, {f"val/{v}/{k}": x for v, m in views.items()
+                                     for k, x in m.items()})
+    best = selection.best_record(self.history.of_kind("val"), metric)
+    if jax.process_index() == 0:
+      print(f"validation ({self.val_split}) after epoch {epoch}: {metric} "
+            f"{100 * value:.2f}{' (new best)' if selected else ''}; best: epoch "
+            f"{best['epoch']} ({100 * selection.metric_value(best, metric):.2f})", flush=True)
+
+  def best_state(self) -> tuple[TrainState, int]:
+    """(state, step) of the validation-selected checkpoint."""
+    step = self.best_mngr.latest_step()
+    if step is None:
+      raise RuntimeError(f"eval.test_checkpoint='best' but {self.best_mngr.directory} holds "
+                         "no checkpoint yet (no validation has run before this test pass: "
+                         "put a val epoch at or before the first test epoch)")
+    return self.best_mngr.restore(
+        step, args=ocp.args.StandardRestore(self.trainer.abstract_state())), step
+
+  def evaluate_test(self, state: TrainState, step: int) -> dict:
+    """The test-split evaluation of the parameters named by ``eval.test_checkpoint``
+    (the result dict of ``evaluate.evaluate_state`` plus 'params_step')."""
+    if self.test_checkpoint == "best":
+      state, step = self.best_state()
+    result = evaluate.evaluate_state(self.trainer, self.source, state, self.config)
+    result["params_step"] = step
+    return result
+
+  def record_test(self, epoch: int, step: int, result: dict) -> None:
+    if epoch not in self.test_epochs or self.history.get("test", epoch) is not None:
+      return
+    self.history.add(selection.make_record(
+        "test", epoch, step, self.config.data.test_split, self.test_checkpoint,
+        result["params_step"], {v: result[v] for v in ("zsl", "gzsl")}))
+    self.writer.write_scalars(step, {f"test/{k}": v for k, v in evaluate.flatten(result).items()})
+    if jax.process_index() == 0:
+      which = (f"best checkpoint, step {result['params_step']}"
+               if self.test_checkpoint == "best" else f"step {step}")
+      print(f"test ({self.config.data.test_split}) after epoch {epoch} ({which}):\n"
+            f"{result['table']}", flush=True)
+
+  def close(self) -> None:
+    if self.best_mngr is not None:
+      self.best_mngr.wait_until_finished()
+      self.best_mngr.close()
 
 
 class PreemptionWatch:
@@ -328,9 +489,12 @@ def _format_eta(seconds: float) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the
-  final evaluation {'zsl': {...}, 'gzsl': {...}, 'chance': {...}}."""
-  from mlzsl_jax import evaluate  # local: evaluate imports this module
+  final evaluation {'zsl': {...}, 'gzsl': {...}, 'chance': {...}}.
 
+  Scheduled validation / test passes and the best checkpoint: ``EpochEvaluations``. The
+  final evaluation scores the parameters named by ``eval.test_checkpoint`` and writes
+  ``results.json``.
+  """
   workdir = ensure_workdir(workdir)
   t_start = time.perf_counter()
   # Process 0 builds a missing dataset before the others read it (a shared data_dir).
@@ -341,33 +505,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   data_shards = mesh.shape["data"]
   process_split = pipeline.check_process_split(config.data.process_split)
   pipeline.local_batch_size(config.train.batch_size, "train.batch_size", data_shards)
+  max_positive = int(config.train.max_positive_labels)
   n_read = pipeline.count_train_examples(source, config.data.train_split, split.seen,
                                          config.train.drop_images_without_positive,
-                                         process_split)
+                                         process_split, max_positive)
   # Equal on every process (with 'examples', the smallest shard's count decides).
   steps_per_epoch, n_train = pipeline.train_steps_per_epoch(
       n_read, config.train.batch_size, process_split)
   if steps_per_epoch == 0:
     raise ValueError(f"split {config.data.train_split!r} has {n_train} usable examples, "
                      f"fewer than one batch of train.batch_size={config.train.batch_size}")
-  total_steps = steps_per_epoch * config.train.num_epochs
+  num_epochs = config.train.num_epochs
+  total_steps = steps_per_epoch * num_epochs
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
 
   trainer = Trainer(config, meta, mesh, steps_per_epoch)
   mngr = checkpoint_manager(workdir, config)
-  state = restore_or_init(trainer, mngr)
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+  evals = EpochEvaluations(trainer, source, config, workdir, mngr, writer, num_epochs)
+  state = restore_or_init(trainer, mngr, config.train.init_from)
   start = int(state.step)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   if jax.process_index() == 0:
     print(f"{config.model.name}: {n_params:,} parameters; {meta.name}: {n_train} training "
-          f"images, {steps_per_epoch} steps/epoch x {config.train.num_epochs} epochs = "
-          f"{total_steps} steps; mesh {dict(mesh.shape)}; {jax.process_count()} "
-          f"process(es), data split by {process_split}", flush=True)
+          f"images ({config.data.train_split}), {steps_per_epoch} steps/epoch x {num_epochs} "
+          f"epochs = {total_steps} steps; mesh {dict(mesh.shape)}; {jax.process_count()} "
+          f"process(es), data split by {process_split}; "
+          f"{evaluate.scene_description(config, meta) or 'no scene feature'}", flush=True)
 
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=True)
   batches = pipeline.prefetch_to_device(
       pipeline.train_batches(
           source, split=config.data.train_split, seen_ids=split.seen,
@@ -375,7 +543,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           steps_per_epoch=steps_per_epoch, shuffle_buffer=config.train.shuffle_buffer,
           drop_without_positive=config.train.drop_images_without_positive,
           data_shards=data_shards, prefetch=config.train.prefetch,
-          process_split=process_split, sharding=trainer.batch_sharding),
+          process_split=process_split, sharding=trainer.batch_sharding,
+          max_positive=max_positive),
       trainer.batch_sharding, size=config.train.prefetch)
   emb_seen = jax.device_put(trainer.emb_seen, trainer.repl)
 
@@ -384,6 +553,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   preemption = PreemptionWatch(config.train.preemption_check_every_steps)
   profile = ProfileWindow(config.train.profile_steps, os.path.join(workdir, "profile"))
   try:
+    if start and start % steps_per_epoch == 0:  # resumed at an epoch end: finish its evals
+      evals.run(start // steps_per_epoch, start, state, tests=start != total_steps)
     for step in range(start, total_steps):
       profile.before(step)
       state, metrics = trainer.train_step(state, next(batches), emb_seen)
@@ -414,19 +585,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "to resume", flush=True)
         return {"preempted_at": done}
       mngr.save(done, args=ocp.args.StandardSave(state))
+      if done % steps_per_epoch == 0:
+        evals.run(done // steps_per_epoch, done, state, tests=done != total_steps)
       if (config.train.eval_every_steps and done % config.train.eval_every_steps == 0
           and done != total_steps):
         result = evaluate.evaluate_state(trainer, source, state, config)
         writer.write_scalars(done, evaluate.flatten(result))
-  finally:
+    if mngr.latest_step() != total_steps:
+      mngr.save(total_steps, args=ocp.args.StandardSave(state), force=True)
+    mngr.wait_until_finished()
+    evals.run(num_epochs, total_steps, state, tests=False)
+    result = evals.evaluate_test(state, total_steps)
+    evals.record_test(num_epochs, total_steps, result)
+    writer.write_scalars(total_steps, evaluate.flatten(result))
+    writer.flush()
+    evaluate.report(result, config, workdir, step=result["params_step"], trained_to_end=True,
+                    train_seconds=time.perf_counter() - t_start)
+    return result
+  finally:  # an exception still finishes the checkpoint writes already started
     preemption.restore()
     profile.close()
-  if mngr.latest_step() != total_steps:
-    mngr.save(total_steps, args=ocp.args.StandardSave(state), force=True)
-  mngr.wait_until_finished()
-  result = evaluate.evaluate_state(trainer, source, state, config)
-  writer.write_scalars(total_steps, evaluate.flatten(result))
-  writer.flush()
-  evaluate.report(result, config, workdir, step=total_steps, trained_to_end=True,
-                  train_seconds=time.perf_counter() - t_start)
-  return result
+    mngr.wait_until_finished()
+    evals.close()

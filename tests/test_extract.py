@@ -424,6 +424,119 @@ def test_against_torch_vgg19_layout(tmp_path, state_dict, model):
                                 t.permute(1, 2, 0).numpy())
 
 
+# ------------------------------------------------------- scene head alone (BiAM's vgg_net)
+# Shared with tests/test_nus_wide.py and tests/test_open_images.py (write_scene_weights).
+
+SCENE_FC = 8  # tiny fc width; the head's input is the real 14x14x512 grid (fc6 in: 25088)
+
+
+def scene_state_dict(seed=0, fc=SCENE_FC, region_dim=512, grid=(14, 14)):
+  """fc6/fc7 under torchvision's names (input region_dim x pooled grid), plus a conv and fc8
+  entry as in the real file (ignored by the head)."""
+  rng = np.random.default_rng(seed)
+  fc_in = region_dim * (grid[0] // 2) * (grid[1] // 2)
+  return {
+      "features.0.weight": rng.standard_normal((4, 3, 3, 3)).astype(np.float32),
+      "features.0.bias": np.zeros(4, np.float32),
+      "classifier.0.weight": (rng.standard_normal((fc, fc_in)) *
+                              np.sqrt(2 / fc_in)).astype(np.float32),
+      "classifier.0.bias": (0.1 * rng.standard_normal(fc)).astype(np.float32),
+      "classifier.3.weight": (rng.standard_normal((fc, fc)) * np.sqrt(2 / fc)).astype(np.float32),
+      "classifier.3.bias": (0.1 * rng.standard_normal(fc)).astype(np.float32),
+      "classifier.6.weight": rng.standard_normal((10, fc)).astype(np.float32),
+      "classifier.6.bias": np.zeros(10, np.float32),
+  }
+
+
+def write_scene_weights(folder, stem="vgg19", seed=0, fc=SCENE_FC, sd=None):
+  """A torchvision-layout weights file: ``.pth`` by torch.save when torch is installed, else
+  ``.npz`` (both read by ``load_state_dict_file``). Returns its path (str)."""
+  sd = scene_state_dict(seed, fc) if sd is None else sd
+  try:
+    import torch  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    path = os.path.join(folder, f"{stem}.npz")
+    np.savez(path, **sd)
+    return path
+  path = os.path.join(folder, f"{stem}.pth")
+  torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path)
+  return path
+
+
+def scene_head_loop_ref(sd, regions, grid=(14, 14)):
+  """BiAM's vgg_net on regions [B, h*w, C] (row-major, region r = row * w + col), written out:
+  the 2x2 max-pool window by window over the grid, the flatten by torch's (C, H, W) index
+  c * (h/2 * w/2) + i * (w/2) + j, then fc6, ReLU, fc7, ReLU (eval: no dropout)."""
+  bsz, _, ch = regions.shape
+  h, w = grid
+  ph, pw = h // 2, w // 2
+  flat = np.zeros((bsz, ch * ph * pw))
+  for i in range(ph):
+    for j in range(pw):
+      window = [regions[:, (2 * i + di) * w + 2 * j + dj, :] for di in (0, 1) for dj in (0, 1)]
+      pooled = np.max(np.stack(window), axis=0)  # [B, C]
+      for c in range(ch):
+        flat[:, c * ph * pw + i * pw + j] = pooled[:, c]
+  h6 = np.maximum(flat @ sd["classifier.0.weight"].T.astype(np.float64)
+                  + sd["classifier.0.bias"], 0)
+  return np.maximum(h6 @ sd["classifier.3.weight"].T.astype(np.float64)
+                    + sd["classifier.3.bias"], 0)
+
+
+def test_scene_head_matches_loop_reference_vgg19_and_torch(tmp_path, state_dict, model):
+  from mlzsl_jax.extract import scene_head as sh
+  sd = scene_state_dict(seed=4)
+  path = write_scene_weights(tmp_path, sd=sd)
+  head = sh.load_scene_head(path)  # conv and fc8 keys are ignored
+  assert (head.fc_dim, head.region_dim, head.grid_shape, head.fc_in) == (
+      SCENE_FC, 512, (14, 14), 25088)
+  regions = (np.abs(np.random.default_rng(5).standard_normal((3, 196, 512))) * 3
+             ).astype(np.float32)
+  got = sh.scene_from_regions(head, regions)
+  assert got.dtype == jnp.float32 and got.shape == (3, SCENE_FC)
+  want = scene_head_loop_ref(sd, regions)
+  assert (want > 0).any() and (want == 0).any()  # both sides of the ReLU are exercised
+  assert_close(got, want)
+  # VGG19.scene_from_grid runs the same code: equal on the tiny network's fc6/fc7.
+  small = sh.load_scene_head(state_dict, region_dim=CHANNELS[-1], grid_shape=(4, 4))
+  grid_regions = np.random.default_rng(6).random((2, 16, CHANNELS[-1])).astype(np.float32)
+  np.testing.assert_array_equal(sh.scene_from_regions(small, grid_regions),
+                                model.scene_from_regions(jnp.asarray(grid_regions)))
+  assert_close(small(jnp.asarray(grid_regions)),
+               scene_head_loop_ref(state_dict, grid_regions, grid=(4, 4)))
+  torch = pytest.importorskip("torch")
+  nn = torch.nn
+  # The official code: vgg19.features[-1:] (MaxPool2d(2, 2)) on x.view(-1, 512, 14, 14) of
+  # the stored [512, 196] features, then classifier[0:-2] on the flatten, eval mode.
+  classifier = nn.Sequential(nn.Linear(25088, SCENE_FC), nn.ReLU(True), nn.Dropout(),
+                             nn.Linear(SCENE_FC, SCENE_FC), nn.ReLU(True), nn.Dropout(),
+                             nn.Linear(SCENE_FC, 10))
+  classifier.load_state_dict({k[len("classifier."):]: torch.from_numpy(v)
+                              for k, v in sd.items() if k.startswith("classifier.")})
+  classifier.eval()
+  official = torch.from_numpy(np.ascontiguousarray(np.swapaxes(regions, 1, 2)))  # [B, 512, 196]
+  with torch.no_grad():
+    x = nn.MaxPool2d(2, 2)(official.view(-1, 512, 14, 14))
+    scene = classifier[:-2](x.view(x.size(0), -1))
+  assert_close(got, scene.numpy())
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda sd: sd.pop("classifier.3.bias"), r"bad\.(pth|npz).*'classifier\.3\.bias' missing"),
+    (lambda sd: sd.pop("classifier.0.weight"), r"bad\.(pth|npz).*'classifier\.0\.weight' missing"),
+    (lambda sd: sd.__setitem__("classifier.0.weight", np.zeros((8, 4096), np.float32)),
+     r"'classifier\.0\.weight': expected shape \[8, 25088\], got \[8, 4096\]"),
+    (lambda sd: sd.__setitem__("classifier.3.weight", np.zeros((8, 9), np.float32)),
+     r"'classifier\.3\.weight': expected shape \[8, 8\], got \[8, 9\]"),
+])
+def test_scene_head_weight_errors_name_file_and_key(change, match, tmp_path):
+  from mlzsl_jax.extract import scene_head as sh
+  sd = scene_state_dict()
+  change(sd)
+  with pytest.raises(ValueError, match=match):
+    sh.load_scene_head(write_scene_weights(tmp_path, "bad", sd=sd))
+
+
 # -------------------------------------------------------------------------------- ResNet-101
 
 RN_BLOCKS, RN_WIDTH = (2, 1, 2, 1), 4  # real bottlenecks (downsample + identity), small

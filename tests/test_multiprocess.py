@@ -189,7 +189,7 @@ def test_examples_split_evaluation_pairs_every_image_with_its_labels(runs, tmp_p
   """The 2-process 'examples' run scored its own shards (rows gathered out of file order, a
   ragged last batch); its results.json equals this process's 1 x 8 `evaluate` of the same
   final checkpoint (which also shows a 2-process checkpoint restores on 1 process)."""
-  from mlzsl_jax import evaluate
+  from mlzsl_jax import restore
   dirs, _, data_dir = runs
   workdir = tmp_path / "eval_here"
   shutil.copytree(dirs["two_examples"] / "checkpoints", workdir / "checkpoints")
@@ -197,7 +197,7 @@ def test_examples_split_evaluation_pairs_every_image_with_its_labels(runs, tmp_p
   config.data.data_dir = data_dir
   config.eval.batch_size = 24
   config.train.checkpoint_every_steps = 16
-  here = evaluate.evaluate(config, str(workdir))
+  here = restore.evaluate(config, str(workdir))
   got = json.loads((dirs["two_examples"] / "results.json").read_text())
   assert here["num_images"] == got["num_images"] == 64
   for view in ("zsl", "gzsl", "chance"):

@@ -274,6 +274,84 @@ def test_unknown_split_and_config_errors(official, tmp_path):
   assert_nothing_prepared(tmp_path / "tfds")
 
 
+# ------------------------------------------------------------------ scene feature (vgg19)
+
+def scene_config(manual_dir, data_dir, weights="", scene="vgg19") -> ml_collections.ConfigDict:
+  c = data_config(manual_dir, data_dir)
+  c.scene, c.scene_weights = scene, str(weights)
+  return c
+
+
+@pytest.fixture(scope="module")
+def scene(official, tmp_path_factory):
+  """The vgg19_scene dataset, built beside the plain one (same data_dir) from the same files,
+  with tiny-width VGG19 weights (fc6 25088 -> 8, fc7 8 -> 8)."""
+  from test_extract import write_scene_weights  # pylint: disable=import-outside-toplevel
+  _, _, root, data_dir = official
+  weights = write_scene_weights(tmp_path_factory.mktemp("vgg"), seed=7)
+  with pytest.warns(UserWarning, match="official release has"):
+    source = get_dataset(scene_config(root, data_dir, weights))
+  return source, weights
+
+
+def test_scene_feature_of_every_example(scene, official):
+  import hashlib  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.extract import scene_head  # pylint: disable=import-outside-toplevel
+  source, weights = scene
+  plain, c, _, data_dir = official
+  assert source.meta.scene_dim == 8
+  assert pathlib.Path(source.builder.data_dir) == data_dir / "nus_wide" / "vgg19_scene" / "1.0.0"
+  md = source.builder.info.metadata
+  assert md["scene_weights"]["sha256"] == hashlib.sha256(
+      pathlib.Path(weights).read_bytes()).hexdigest()
+  assert md["scene_feature"] == "vgg19_fc7" and "fc6, ReLU, fc7, ReLU" in source.meta.provenance
+  head = scene_head.load_scene_head(weights)
+  source_feats = {"train": c["train_features"], "test": c["test_features"]}
+  for split in ("train", "test"):
+    got = list(source.as_tf_dataset(split, mix_slices=0).as_numpy_iterator())
+    rest = list(plain.as_tf_dataset(split, mix_slices=0).as_numpy_iterator())
+    # from the float32 source features, before the float16 cast
+    want = np.asarray(scene_head.scene_from_regions(head, np.swapaxes(source_feats[split], 1, 2)))
+    assert len(got) == len(rest) == len(want)
+    assert (want > 0).any() and (want == 0).any()
+    for ex, other, w in zip(got, rest, want):
+      assert set(ex) == {"features", "labels", "image_id", "scene"}
+      assert ex["scene"].dtype == np.float16 and ex["scene"].shape == (8,)
+      np.testing.assert_allclose(ex["scene"].astype(np.float32), w, rtol=1e-3,
+                                 atol=1e-3 * np.abs(want).max())
+      for key in ("features", "labels", "image_id"):  # the rest as in the plain dataset
+        np.testing.assert_array_equal(ex[key], other[key])
+  assert source.as_tf_dataset("val20").element_spec["scene"].shape == (8,)
+  # The plain dataset is untouched and still the default; both reopen without the files.
+  again = get_dataset(data_config("", data_dir))
+  assert again.meta.scene_dim == 0 and "scene" not in again.as_tf_dataset("test").element_spec
+  assert pathlib.Path(again.builder.data_dir) == data_dir / "nus_wide" / "1.0.0"
+  assert get_dataset(scene_config("", data_dir)).meta.scene_dim == 8  # no weights needed
+  assert get_dataset(scene_config("", data_dir, weights)).meta.scene_dim == 8  # same file
+
+
+def test_scene_errors(scene, official, tmp_path):
+  from test_extract import scene_state_dict, write_scene_weights  # pylint: disable=import-outside-toplevel
+  _, _, root, data_dir = official
+  with pytest.raises(ValueError, match=r"data\.scene='resnet'"):
+    get_dataset(scene_config(root, data_dir, scene="resnet"))
+  fresh = tmp_path / "tfds"
+  with pytest.raises(ValueError, match=r"data\.scene='vgg19'.*not prepared.*python -m "
+                     r"mlzsl_jax\.main prepare --config configs/biam_nus_wide\.py:scene=vgg19 "
+                     r".*--config\.data\.scene_weights="):
+    get_dataset(scene_config(root, fresh))
+  other = write_scene_weights(tmp_path, "other", seed=8)
+  with pytest.raises(ValueError, match=r"data\.scene_weights: .*other\..* differs from the "
+                     r"weights file the prepared dataset"):
+    get_dataset(scene_config("", data_dir, other))
+  sd = scene_state_dict()
+  del sd["classifier.3.weight"]
+  bad = write_scene_weights(tmp_path, "bad", sd=sd)
+  with pytest.raises(ValueError, match=r"bad\.(pth|npz).*'classifier\.3\.weight' missing"):
+    get_dataset(scene_config(root, fresh, bad))
+  assert not [p for p in fresh.rglob("*") if p.is_file()]  # failed before tfds wrote
+
+
 def test_unlisted_h5_entries_are_ignored_with_a_warning(tmp_path):
   c = official_content(1)
   root = write_files(tmp_path / "NUS-WIDE", c)
@@ -499,7 +577,9 @@ def test_biam_nus_wide_config():
   assert c.optimizer.warmup_epochs == 3 and c.optimizer.schedule == "warmup_cosine"
   assert (c.train.batch_size, c.train.num_epochs, c.seed) == (32, 40, 3483)
   assert tuple(c.eval.ks) == (3, 5) and not c.eval.exclude_images_without_positive
-  assert module.get_config("scene=dataset").model.scene_source == "dataset"
+  assert (c.data.scene, c.data.scene_weights) == ("none", "")
+  vgg = module.get_config("scene=vgg19")  # the stored VGG19 scene feature (data.scene)
+  assert vgg.model.scene_source == "dataset" and vgg.data.scene == "vgg19"
 
 
 # ------------------------------------------------------------------ restricted unpickler

@@ -609,6 +609,71 @@ def test_beam_requested_without_apache_beam(official, tmp_path, monkeypatch):
   assert_nothing_prepared(tmp_path, untouched=False)
 
 
+def test_scene_feature_plain_and_beam_paths(built, official, tmp_path, monkeypatch):
+  """data.scene='vgg19': the vgg19_scene config beside the plain dataset; scene = the head of
+  the float32 source features for every example; the Beam path computes the same, loading the
+  head once per worker process."""
+  from test_extract import write_scene_weights  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.data import tfds_common  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.extract import scene_head  # pylint: disable=import-outside-toplevel
+  _, data_dir = built
+  weights = write_scene_weights(tmp_path, seed=9)
+  loads, real_load = [], tfds_common.load_scene_source
+  monkeypatch.setattr(tfds_common, "load_scene_source",
+                      lambda *a, **k: loads.append(a[0]) or real_load(*a, **k))
+  fresh = data_config(official["manual"], tmp_path / "fresh")
+  fresh.scene = "vgg19"  # not prepared, no weights
+  with pytest.raises(ValueError, match=r"configs/biam_open_images\.py:scene=vgg19"):
+    get_dataset(fresh)
+  config = data_config(official["manual"], data_dir)
+  config.scene, config.scene_weights = "vgg19", weights
+  source = get_dataset(config)
+  assert len(loads) == 1 and source.meta.scene_dim == 8
+  assert pathlib.Path(source.builder.data_dir).parts[-3:] == ("open_images", "vgg19_scene",
+                                                              "1.0.0")
+  md = source.builder.info.metadata
+  assert md["scene_weights"]["file"] == weights and "fc7, ReLU" in source.meta.provenance
+  head = scene_head.load_scene_head(weights)
+  stored = {}
+  for split in ("train", "test"):
+    want = expected_examples(official, split)
+    f32 = np.stack([official["files"][key][name]["-features"].T  # expected_examples' order
+                    for key in sorted(official["files"]) if key[0] == split
+                    for name in sorted(official["files"][key])])
+    scene = np.asarray(scene_head.scene_from_regions(head, f32))
+    got = list(source.as_tf_dataset(split).as_numpy_iterator())
+    assert len(got) == len(want) == len(scene)
+    for ex, w, s in zip(got, want, scene):
+      assert ex["image_id"].decode() == w["image_id"]
+      np.testing.assert_array_equal(ex["features"], w["features"])
+      np.testing.assert_array_equal(ex["labels"], w["labels"])
+      assert ex["scene"].dtype == np.float16 and ex["scene"].shape == (8,)
+      np.testing.assert_allclose(ex["scene"].astype(np.float32), s, rtol=1e-3,
+                                 atol=1e-3 * np.abs(scene).max())
+    stored[split] = [ex["scene"] for ex in got]
+  assert oi.OpenImagesSource(oi.prepare("", str(data_dir))).meta.scene_dim == 0  # plain kept
+  # Beam: the spec names the weights file; each worker loads the head lazily, once.
+  prepared = oi.load_and_scan(str(official["manual"]))
+  monkeypatch.setattr(oi, "_beam", _FakeBeam)
+  builder = oi.OpenImagesVgg19Scene.__new__(oi.OpenImagesVgg19Scene)
+  builder._use_beam = True
+  builder._scene = tfds_common.SceneSource(fn=None, dim=8,
+                                           weights=tfds_common.weights_fingerprint(weights))
+  loads.clear()
+  try:
+    for split in ("train", "test"):
+      _, create, flat_map = builder._generate_examples(prepared, split)
+      fn, spec = flat_map.args[0], flat_map.kwargs["spec"]
+      assert spec.scene_weights == weights and not spec.spread_keys
+      pickle.dumps(spec)
+      got = [ex for element in create.args[0] for _, ex in fn(element, spec=spec)]
+      for ex, want in zip(got, stored[split], strict=True):
+        np.testing.assert_array_equal(ex["scene"], want)
+    assert loads == [weights]  # one worker process here: one load for every file
+  finally:
+    tfds_common.release_scene_sources()
+
+
 # ----------------------------------------------------------------------- bad files
 
 def _copy(official, tmp_path) -> pathlib.Path:

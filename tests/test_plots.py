@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlzsl_jax import evaluate, plots, train
+from mlzsl_jax import evaluate, plots, restore, train
 from mlzsl_jax.sweep import apply_overrides, load_config_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +96,7 @@ def test_plots_command_writes_pngs_and_tensorboard_images(trained):
 
 def test_region_score_peak_of_a_present_seen_digit_lies_on_its_cell(trained):
   config, workdir = trained
-  source, trainer, state, _ = evaluate.restore_latest(config, workdir)
+  source, trainer, state, _ = restore.restore_latest(config, workdir)
   examples = plots.test_examples(source, "test", range(48))
   seen = list(config.data.seen_labels)
   maps = plots.example_region_maps(trainer, source.meta, state, examples, seen)
@@ -117,9 +117,9 @@ def test_region_score_peak_of_a_present_seen_digit_lies_on_its_cell(trained):
 
 def test_restoring_with_another_config_names_the_differing_fields(trained):
   config, workdir = trained
-  assert evaluate._config_differences(config, workdir) == []
+  assert restore._config_differences(config, workdir) == []
   other = apply_overrides(config, {"model.top_k": 2, "data.unseen_labels": (1, 2, 8)})
-  assert evaluate._config_differences(other, workdir) == [
+  assert restore._config_differences(other, workdir) == [
       "model.top_k: trained with 4, now 2",
       "data.unseen_labels: trained with [1, 2, 7], now [1, 2, 8]"]
 

@@ -46,6 +46,15 @@ Splits: "train" (all training images), "train80" / "val20" (the official 80/20 s
 is stored twice) and "test". No scene feature is stored (scene_dim 0): the official pipeline
 computes it on the fly with VGG19's frozen fc6/fc7 from these region features.
 
+With ``data.scene='vgg19'`` and ``data.scene_weights`` (torchvision's ``vgg19-dcbb9e9d.pth``)
+the builder config ``vgg19_scene`` (``NusWideVgg19Scene``, stored under
+``<data_dir>/nus_wide/vgg19_scene/<version>``; the plain dataset is not touched) stores that
+feature once: examples add ``scene`` float16 [fc_dim] = BiAM's ``vgg_net`` (eval mode) of the
+float32 ``<name>-features`` (before the float16 cast), computed 64 images at a time
+(``tfds_common``); metadata adds scene_dim = fc_dim, scene_feature, scene_weights (the file's
+path, size and SHA-256: once prepared, a different file given as data.scene_weights is an
+error, and none is needed) and a provenance line.
+
 Dataset metadata: label_names (925 seen tags then the 81 concepts), tag_list_rows (row of each
 seen label in TagList1k.txt), seen_labels / unseen_labels, grid_shape (14, 14), feature_dim 512,
 scene_dim 0, num_examples (the four splits), train80_size, embeddings {"glove": float32
@@ -92,6 +101,7 @@ STORED_SPLITS = ("train", "test")
 SPLITS = ("train", "train80", "val20", "test")
 FEATURES_SUFFIX, LABELS_SUFFIX, UNSEEN_SUFFIX = "-features", "-labels", "-labels_81"
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+CONFIG_FILE = "configs/biam_nus_wide.py"  # named in the 'prepare with the scene' hint
 FP16_MAX = float(np.finfo(np.float16).max)
 
 # (seen, unseen, training images, test images) of the official release: a warning otherwise.
@@ -382,11 +392,12 @@ def _states(path: str, name: str, key: str, value: np.ndarray) -> np.ndarray:
 
 
 def read_example(f, path: str, name: str, split: str, num_seen: int,
-                 num_unseen: int) -> dict[str, Any]:
+                 num_unseen: int, cast: bool = True) -> dict[str, Any]:
   """One stored example from an open h5 file.
 
   Returns:
     {"features": float16 [196, 512], "labels": int8 [num_seen + num_unseen], "image_id": name}
+    (``cast=False``: the features in the file's precision, for the scene feature)
 
   Raises:
     ValueError naming the file, image and key: unreadable data, wrong shape (the file changed
@@ -423,17 +434,22 @@ def read_example(f, path: str, name: str, split: str, num_seen: int,
           f"unseen labels) differ from key {name + UNSEEN_SUFFIX!r} at {diff.size} label(s), "
           f"first: unseen label {diff[0]} ({states[num_seen + diff[0]]} vs "
           f"{labels[UNSEEN_SUFFIX][diff[0]]}); expected the same states")
-  return {"features": np.ascontiguousarray(feats.T.astype(np.float16)), "labels": states,
-          "image_id": name}
+  feats = feats.T.astype(np.float16) if cast else feats.T
+  return {"features": np.ascontiguousarray(feats), "labels": states, "image_id": name}
 
 
-def iter_examples(index: NusWideIndex, split: str) -> Iterator[tuple[int, dict[str, Any]]]:
-  """(position, example) of a stored split ("train" / "test"), one image at a time."""
+def iter_examples(index: NusWideIndex, split: str,
+                  scene: tfds_common.SceneSource | None = None
+                  ) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(position, example) of a stored split ("train" / "test"), one image at a time (with
+  ``scene``: plus ``scene``, computed ``tfds_common.SCENE_BATCH`` images at a time)."""
   h5_file = TRAIN_H5 if split == "train" else TEST_H5
   path = index.path(h5_file)
   with open_h5(path) as f:
-    for position, name in enumerate(index.image_names[split]):
-      yield position, read_example(f, path, name, split, index.num_seen, index.num_unseen)
+    raw = ((position, read_example(f, path, name, split, index.num_seen, index.num_unseen,
+                                   cast=False))
+           for position, name in enumerate(index.image_names[split]))
+    yield from tfds_common.to_stored(raw, scene.fn if scene is not None else None)
 
 
 # ------------------------------------------------------------------ metadata
@@ -456,10 +472,11 @@ def source_fingerprints(source_dir: str) -> dict[str, dict[str, Any]]:
           for name in SOURCE_FILES}
 
 
-def metadata(index: NusWideIndex) -> dict[str, Any]:
+def metadata(index: NusWideIndex, scene: tfds_common.SceneSource | None = None
+             ) -> dict[str, Any]:
   """JSON-able dataset metadata (see the module docstring)."""
   s, c = index.num_seen, index.num_labels
-  return {
+  out = {
       "label_names": list(index.label_names),
       "tag_list_rows": list(index.tag_list_rows),
       "seen_labels": list(range(s)),
@@ -479,8 +496,12 @@ def metadata(index: NusWideIndex) -> dict[str, Any]:
           f"{c - s} unseen (the concepts, file order): train '-labels' + '-labels_81', test "
           f"'-labels'; image order = {TRAIN_NAMES} / {TEST_NAMES}; train80/val20 = first "
           f"int(0.8 N) / rest; embeddings 'glove' = {EMBEDDINGS_FILE} rows (seen tag rows, then "
-          f"the 81 concept rows), each L2-normalised (official); no scene feature stored"),
+          f"the 81 concept rows), each L2-normalised (official); "
+          + (scene.provenance() if scene is not None else "no scene feature stored")),
   }
+  if scene is not None:
+    out.update(scene.metadata())
+  return out
 
 
 def _warn_if_unofficial(index: NusWideIndex) -> None:
@@ -506,11 +527,13 @@ class NusWide(tfds_common.LocalBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
 
+  SCENE = False  # True: the vgg19_scene config (NusWideVgg19Scene)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n\n")[0],
-        features=tfds_common.region_example_features(NUM_REGIONS, FEATURE_DIM),
+        features=tfds_common.region_example_features(NUM_REGIONS, FEATURE_DIM, self.SCENE),
         metadata=tfds.core.MetadataDict(),
         disable_shuffling=True,  # records stay in the order of the name lists
     )
@@ -518,6 +541,7 @@ class NusWide(tfds_common.LocalBuilder):
   # (source_dir, NusWideIndex) already validated by ``prepare``, so a bad file fails before
   # tfds creates anything under data_dir.
   _preloaded: tuple[str, NusWideIndex] | None = None
+  _scene: tfds_common.SceneSource | None = None  # the loaded head, set by ``prepare``
 
   def _split_generators(self, dl_manager):
     source_dir = find_source_dir(os.fspath(dl_manager.manual_dir))
@@ -525,13 +549,27 @@ class NusWide(tfds_common.LocalBuilder):
       index = self._preloaded[1]
     else:
       index = load_index(source_dir)
+    if self.SCENE and self._scene is None:
+      raise tfds_common.missing_scene_error("nus_wide", os.fspath(self.data_dir_root),
+                                            CONFIG_FILE)
     _warn_if_unofficial(index)
-    self.info.metadata.update(metadata(index))
-    return {split: self._generate_examples(index, split) for split in STORED_SPLITS}
+    scene = self._scene if self.SCENE else None
+    self.info.metadata.update(metadata(index, scene))
+    return {split: self._generate_examples(index, split, scene) for split in STORED_SPLITS}
 
-  def _generate_examples(self, index: NusWideIndex, split: str):
+  def _generate_examples(self, index: NusWideIndex, split: str,
+                         scene: tfds_common.SceneSource | None = None):
     # With disable_shuffling tfds sorts records by key: the key is the position in the list.
-    yield from iter_examples(index, split)
+    yield from iter_examples(index, split, scene)
+
+
+class NusWideVgg19Scene(NusWide, skip_registration=True):
+  """``nus_wide`` with the BiAM scene feature: builder config ``vgg19_scene`` (its own folder,
+  ``<data_dir>/nus_wide/vgg19_scene/<version>``); see the module docstring."""
+
+  name = "nus_wide"
+  BUILDER_CONFIGS = [tfds_common.vgg19_scene_config()]
+  SCENE = True
 
 
 def check_split(split: str) -> None:
@@ -581,7 +619,8 @@ class NusWideSource:
 
   def as_tf_dataset(self, split: str, mix_slices: int | None = None,
                     seed: int | None = None) -> tf.data.Dataset:
-    """Examples {features f16 [196, 512], labels int8 [L], image_id string}.
+    """Examples {features f16 [196, 512], labels int8 [L], image_id string} (plus scene f16
+    [scene_dim] when the dataset stores it).
 
     Args:
       split: one of ``SPLITS``.
@@ -610,10 +649,7 @@ class NusWideSource:
                                                 stop_on_empty_dataset=False)
     else:
       ds = self.builder.as_dataset(split=self.tfds_split(split), shuffle_files=False)
-    num_labels = self.meta.num_labels
-    return ds.map(lambda ex: {"features": ex["features"],
-                              "labels": tf.ensure_shape(ex["labels"], (num_labels,)),
-                              "image_id": ex["image_id"]})
+    return ds.map(tfds_common.select_fields(self.meta.num_labels, self.meta.scene_dim))
 
 
 def _check_fingerprint(builder: NusWide, source_dir: str) -> None:
@@ -631,28 +667,43 @@ def _check_fingerprint(builder: NusWide, source_dir: str) -> None:
           f"built from ({want}); delete that folder to rebuild, or set another data.data_dir")
 
 
-def prepare(manual_dir: str = "", data_dir: str | None = None) -> NusWide:
+def prepare(manual_dir: str = "", data_dir: str | None = None, scene: str = "none",
+            scene_weights: str = "") -> NusWide:
   """The ``nus_wide`` builder under ``data_dir``, built from ``manual_dir`` the first time.
 
   Validation of the lists, embeddings and h5 key structure happens before tfds writes anything;
   per-image checks (NaN, states, unreadable chunks) happen while writing, and tfds then removes
   its temporary folder, so no half-written dataset is left. Once prepared, ``manual_dir`` may
   be empty; when given, its files must be the ones the dataset was built from.
+
+  ``scene='vgg19'``: the ``vgg19_scene`` config (module docstring); ``scene_weights`` (the
+  torchvision VGG19 file) is needed to build it and, when given later, must be the same file.
   """
+  if scene not in tfds_common.SCENE_CHOICES:
+    raise ValueError(f"config field data.scene={scene!r}: expected one of "
+                     f"{tfds_common.SCENE_CHOICES}")
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
   source_dir = find_source_dir(manual_dir) if manual_dir else None
-  builder = NusWide(data_dir=data_dir)
+  builder = (NusWideVgg19Scene if scene == "vgg19" else NusWide)(data_dir=data_dir)
   if builder.is_prepared():
     if source_dir is not None:
       _check_fingerprint(builder, source_dir)
+    if builder.SCENE and scene_weights:
+      tfds_common.check_scene_weights(builder, scene_weights)
     return builder
+  if builder.SCENE and not scene_weights:
+    raise tfds_common.missing_scene_error("nus_wide", data_dir, CONFIG_FILE)
   if source_dir is None:
     raise ValueError(
         f"config field data.manual_dir: required to build nus_wide (not prepared under "
         f"{data_dir!r}), got ''; {MANUAL_DOWNLOAD_INSTRUCTIONS}")
   print(f"nus_wide: validating {source_dir}", flush=True)
+  if builder.SCENE:  # the weights first: a bad file fails in seconds
+    builder._scene = tfds_common.load_scene_source(  # pylint: disable=protected-access
+        os.path.abspath(os.path.expanduser(scene_weights)), FEATURE_DIM, GRID_SHAPE)
   index = load_index(source_dir)
-  print(f"nus_wide: building {index.num_examples()} from {source_dir} into {builder.data_dir}",
+  print(f"nus_wide: building {index.num_examples()} from {source_dir} into {builder.data_dir}"
+        + (f" with the VGG19 scene feature ({scene_weights})" if builder.SCENE else ""),
         flush=True)
   builder._preloaded = (source_dir, index)  # pylint: disable=protected-access
   try:
@@ -660,18 +711,22 @@ def prepare(manual_dir: str = "", data_dir: str | None = None) -> NusWide:
         manual_dir=source_dir, try_download_gcs=False))
   finally:
     builder._preloaded = None  # pylint: disable=protected-access
+    builder._scene = None  # pylint: disable=protected-access
   return builder
 
 
 @register_dataset("nus_wide")
 def nus_wide_factory(data_config) -> NusWideSource:
   """Registered factory: reads data.manual_dir (the official NUS-WIDE folder; required until
-  the dataset is prepared) and data.data_dir, prepares the tfds dataset if needed, returns its
-  ``DatasetSource``."""
+  the dataset is prepared), data.data_dir, data.scene ('none' / 'vgg19') and
+  data.scene_weights (the torchvision VGG19 file; needed to build the 'vgg19' dataset),
+  prepares the tfds dataset if needed, returns its ``DatasetSource``."""
   manual_dir = data_config.get("manual_dir", "") or ""
   if not isinstance(manual_dir, str):
     raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
                      f"{manual_dir!r}")
-  return NusWideSource(prepare(manual_dir, data_config.get("data_dir", None) or None),
+  scene, scene_weights = tfds_common.scene_option(data_config)
+  return NusWideSource(prepare(manual_dir, data_config.get("data_dir", None) or None,
+                               scene=scene, scene_weights=scene_weights),
                        train_mix_slices=int(data_config.get("mix_slices", 256)),
                        mix_seed=int(data_config.get("seed", 0)))

@@ -71,6 +71,17 @@ h5 files ONE AT A TIME and one image at a time; no file is ever loaded whole.
   --direct_running_mode=multi_processing``. Checked with apache-beam 2.77.0's DirectRunner
   (in-process and 2 worker processes): the same examples in the same order as the plain path.
 
+Scene feature (``data.scene='vgg19'``, ``data.scene_weights`` = torchvision's
+``vgg19-dcbb9e9d.pth``; ``--scene vgg19 --scene_weights PATH`` on the command line below): the
+builder config ``vgg19_scene`` (``OpenImagesVgg19Scene``, stored under
+``<data_dir>/open_images/vgg19_scene/<version>``; the plain dataset is not touched) adds
+``scene`` float16 [fc_dim] to every example: BiAM's ``vgg_net`` (eval mode) of the float32
+``-features`` before the float16 cast, computed 64 images of one file at a time
+(``tfds_common.to_stored``), and metadata scene_dim, scene_feature, scene_weights (path, size,
+SHA-256; a different file given later is an error) and a provenance line. On the plain path the
+head is loaded once by ``prepare``; with Beam every worker process loads it lazily, once, from
+the same path (which it must be able to read) and checks its SHA-256.
+
 Validation. Before tfds writes anything: every label file (names, MIDs, top-400 rows,
 class descriptions), the embedding pickle's rows, and every h5 file's key set and dataset
 shapes/dtypes (a truncated or corrupt file fails to open here). While writing: each image's
@@ -125,6 +136,7 @@ EMBEDDING_FILE = "OpenImage_w2v_context_window_10_glove-wiki-gigaword-300.pkl"
 EMBEDDING_SOURCE = "glove"
 SUFFIX_FEATURES, SUFFIX_SEEN, SUFFIX_UNSEEN = "-features", "-seenlabels", "-unseenlabels"
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+CONFIG_FILE = "configs/biam_open_images.py"  # named in the 'prepare with the scene' hint
 FP16_MAX = float(np.finfo(np.float16).max)
 KEY_SPACE = 1 << 128  # tfds' shuffler key range (128-bit)
 # (seen, unseen in unseen_labels.pkl, evaluated unseen) of the official release: a warning only.
@@ -485,6 +497,8 @@ class ReadSpec:
   unseen_mids: tuple[str, ...]  # order of '-unseenlabels': error messages
   total: int  # examples in the split
   spread_keys: bool  # plain path: keys spread over tfds' 128-bit range (see example_key)
+  scene_weights: str = ""  # VGG19 file of the scene feature ('' = none); loaded once per process
+  scene_sha256: str = ""  # its SHA-256 when the build started (checked by every worker)
 
 
 def example_key(position: int, total: int, spread: bool = True) -> int:
@@ -521,7 +535,8 @@ def _states(path: str, key: str, values: np.ndarray, length: int,
 
 def read_file_examples(path: str, offset: int, count: int, spec: ReadSpec
                        ) -> Iterator[tuple[int, dict[str, Any]]]:
-  """(key, example) of every image of one h5 file, read one image at a time.
+  """(key, example) of every image of one h5 file, read one image at a time (with a scene
+  feature: ``tfds_common.SCENE_BATCH`` images at a time, from the process's head).
 
   Args:
     path: the file.
@@ -529,6 +544,16 @@ def read_file_examples(path: str, offset: int, count: int, spec: ReadSpec
     count: images the scan found in it (checked again: the file must not have changed).
     spec: ``ReadSpec``.
   """
+  scene = None
+  if spec.scene_weights:
+    scene = tfds_common.worker_scene_source(spec.scene_weights, spec.scene_sha256,
+                                            FEATURE_DIM, GRID_SHAPE).fn
+  yield from tfds_common.to_stored(_read_file_float32(path, offset, count, spec), scene)
+
+
+def _read_file_float32(path: str, offset: int, count: int, spec: ReadSpec
+                       ) -> Iterator[tuple[int, dict[str, Any]]]:
+  """``read_file_examples`` with the features still float32 [196, 512]."""
   with open_h5(path) as f:
     names = image_names(path, f, spec.split)
     if len(names) != count:
@@ -561,7 +586,7 @@ def read_file_examples(path: str, offset: int, count: int, spec: ReadSpec
                          spec.num_unseen_all, spec.unseen_mids)
         labels[spec.num_seen:] = unseen[top]
       yield example_key(offset + i, spec.total, spec.spread_keys), {
-          "features": np.ascontiguousarray(feats.T).astype(np.float16),
+          "features": np.ascontiguousarray(feats.T),
           "labels": labels,
           "image_id": name,
       }
@@ -604,11 +629,11 @@ def _file_size(path: str) -> int:
   return int(tf.io.gfile.stat(path).length) if _is_remote(path) else os.path.getsize(path)
 
 
-def metadata(labels: LabelInfo, splits: dict[str, SplitFiles], manual_dir: str
-             ) -> dict[str, Any]:
+def metadata(labels: LabelInfo, splits: dict[str, SplitFiles], manual_dir: str,
+             scene: tfds_common.SceneSource | None = None) -> dict[str, Any]:
   """Dataset metadata (see the module docstring); embeddings as a float32 array."""
   s, n = labels.num_seen, labels.num_labels
-  return {
+  out = {
       "label_names": list(labels.label_names),
       "label_mids": list(labels.label_mids),
       "seen_labels": list(range(s)),
@@ -630,8 +655,12 @@ def metadata(labels: LabelInfo, splits: dict[str, SplitFiles], manual_dir: str
           f"({s} classes of {SEEN_FILE}) then '<name>{SUFFIX_UNSEEN}' at the {n - s} rows of "
           f"{TOP_UNSEEN_FILE} (train: 0 = unknown); states 1/-1/0; embeddings "
           f"'{EMBEDDING_SOURCE}' = {EMBEDDING_FILE} rows (seen, then unseen[top 400]) L2-"
-          f"normalised per row as the official code; names from {DESCRIPTIONS_FILE}"),
+          f"normalised per row as the official code; names from {DESCRIPTIONS_FILE}"
+          + (f"; {scene.provenance()}" if scene is not None else "")),
   }
+  if scene is not None:
+    out.update(scene.metadata())
+  return out
 
 
 class OpenImagesMetadata(tfds.core.Metadata):
@@ -694,16 +723,19 @@ class OpenImages(tfds_common.LocalBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
 
+  SCENE = False  # True: the vgg19_scene config (OpenImagesVgg19Scene)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n\n")[0],
-        features=tfds_common.region_example_features(NUM_REGIONS, FEATURE_DIM),
+        features=tfds_common.region_example_features(NUM_REGIONS, FEATURE_DIM, self.SCENE),
         metadata=OpenImagesMetadata(),
         disable_shuffling=True,  # file order, then image-name order within a file
     )
 
   _preloaded: Prepared | None = None  # set by ``prepare``: validated before tfds writes
+  _scene: tfds_common.SceneSource | None = None  # the loaded head, set by ``prepare``
   _use_beam: bool = False
 
   def _download_and_prepare(self, dl_manager, download_config):
@@ -713,10 +745,14 @@ class OpenImages(tfds_common.LocalBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = os.fspath(dl_manager.manual_dir)
+    if self.SCENE and self._scene is None:
+      raise tfds_common.missing_scene_error("open_images", os.fspath(self.data_dir_root),
+                                            CONFIG_FILE)
     prepared = self._preloaded
     if prepared is None or prepared.manual_dir != manual_dir:
       prepared = load_and_scan(manual_dir)
-    self.info.metadata.update(metadata(prepared.labels, prepared.splits, manual_dir))
+    scene = self._scene if self.SCENE else None
+    self.info.metadata.update(metadata(prepared.labels, prepared.splits, manual_dir, scene))
     return {split: self._generate_examples(prepared, split) for split in SPLITS}
 
   def _generate_examples(self, prepared: Prepared, split: str):
@@ -730,12 +766,24 @@ class OpenImages(tfds_common.LocalBuilder):
                     label_mids=labels.label_mids, unseen_mids=labels.unseen_mids,
                     total=files.total,
                     spread_keys=not self._use_beam)
+    if self.SCENE and self._scene is not None:
+      spec = dataclasses.replace(spec, scene_weights=self._scene.weights["file"],
+                                 scene_sha256=self._scene.weights["sha256"])
     if not self._use_beam:
       return iter_split_examples(files, spec)
     beam = _beam()
     elements = list(zip(files.paths, files.offsets, files.counts))
     return (f"Files{split}" >> beam.Create(elements)
             | f"Read{split}" >> beam.FlatMap(_read_file_element, spec=spec))
+
+
+class OpenImagesVgg19Scene(OpenImages, skip_registration=True):
+  """``open_images`` with the BiAM scene feature: builder config ``vgg19_scene`` (its own
+  folder, ``<data_dir>/open_images/vgg19_scene/<version>``); see the module docstring."""
+
+  name = "open_images"
+  BUILDER_CONFIGS = [tfds_common.vgg19_scene_config()]
+  SCENE = True
 
 
 def check_split(split: str) -> None:
@@ -761,9 +809,11 @@ class OpenImagesSource:
     self.label_mids = tuple(md["label_mids"])
 
   def as_tf_dataset(self, split: str) -> tf.data.Dataset:
-    """Examples {features f16 [196, 512], labels int8 [S + U], image_id}, file order."""
+    """Examples {features f16 [196, 512], labels int8 [S + U], image_id} (plus scene f16
+    [scene_dim] when the dataset stores it), file order."""
     check_split(split)
-    return tfds_common.stored_examples(self.builder, split, self.meta.num_labels)
+    return tfds_common.stored_examples(self.builder, split, self.meta.num_labels,
+                                       self.meta.scene_dim)
 
 
 def _check_sources(builder: OpenImages, manual_dir: str) -> None:
@@ -784,7 +834,8 @@ def _check_sources(builder: OpenImages, manual_dir: str) -> None:
 
 def prepare(manual_dir: str = "", data_dir: str | None = None, *,
             beam_runner: Any = None, beam_options: Any = None,
-            progress: bool = True) -> OpenImages:
+            progress: bool = True, scene: str = "none", scene_weights: str = ""
+            ) -> OpenImages:
   """Builder under ``data_dir``, built from ``manual_dir`` the first time.
 
   Args:
@@ -793,49 +844,73 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, *,
     beam_runner / beam_options: build with Apache Beam (``tfds.download.DownloadConfig``'s
       fields); None for both: the plain single-process path.
     progress: tfds' progress bars.
+    scene: 'none', or 'vgg19': the ``vgg19_scene`` config (module docstring).
+    scene_weights: the torchvision VGG19 file; needed to build the 'vgg19' dataset; when
+      given for a prepared one, it must be the file it was built with.
   """
+  if scene not in tfds_common.SCENE_CHOICES:
+    raise ValueError(f"config field data.scene={scene!r}: expected one of "
+                     f"{tfds_common.SCENE_CHOICES}")
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
-  builder = OpenImages(data_dir=data_dir)
+  builder = (OpenImagesVgg19Scene if scene == "vgg19" else OpenImages)(data_dir=data_dir)
   if builder.is_prepared():
     if manual_dir:
       _check_sources(builder, os.path.expanduser(manual_dir))
+    if builder.SCENE and scene_weights:
+      tfds_common.check_scene_weights(builder, scene_weights)
     return builder
+  if builder.SCENE and not scene_weights:
+    raise tfds_common.missing_scene_error("open_images", data_dir, CONFIG_FILE)
   if not manual_dir:
     raise ValueError(
         f"config field data.manual_dir: required to build open_images (not prepared under "
         f"{data_dir!r}), got ''; {MANUAL_DOWNLOAD_INSTRUCTIONS}")
-  prepared = load_and_scan(manual_dir)  # before tfds touches data_dir
-  print(f"open_images: building from {prepared.manual_dir} into {builder.data_dir} "
-        f"({prepared.splits['train'].total} train, {prepared.splits['test'].total} test "
-        f"images{', Apache Beam' if beam_runner or beam_options else ''})", flush=True)
-  builder._preloaded = prepared  # pylint: disable=protected-access
-  bars = getattr(tqdm_utils, "_active", True)
-  tfds.display_progress_bar(progress)
   try:
-    # tfds writes into a temporary folder, renamed only on success and removed on error.
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=prepared.manual_dir, try_download_gcs=False, beam_runner=beam_runner,
-        beam_options=beam_options))
+    if builder.SCENE:  # the weights first (a bad file fails in seconds), before tfds writes
+      builder._scene = tfds_common.load_scene_source(  # pylint: disable=protected-access
+          os.path.abspath(os.path.expanduser(scene_weights)), FEATURE_DIM, GRID_SHAPE)
+      # this process's copy for read_file_examples (Beam workers elsewhere load their own)
+      tfds_common.keep_scene_source(builder._scene)  # pylint: disable=protected-access
+    prepared = load_and_scan(manual_dir)  # before tfds touches data_dir
+    print(f"open_images: building from {prepared.manual_dir} into {builder.data_dir} "
+          f"({prepared.splits['train'].total} train, {prepared.splits['test'].total} test "
+          f"images{', Apache Beam' if beam_runner or beam_options else ''}"
+          f"{', VGG19 scene feature' if builder.SCENE else ''})", flush=True)
+    builder._preloaded = prepared  # pylint: disable=protected-access
+    bars = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(progress)
+    try:
+      # tfds writes into a temporary folder, renamed only on success and removed on error.
+      builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=prepared.manual_dir, try_download_gcs=False, beam_runner=beam_runner,
+          beam_options=beam_options))
+    finally:
+      tfds.display_progress_bar(bars)
   finally:
-    tfds.display_progress_bar(bars)
     builder._preloaded = None  # pylint: disable=protected-access
+    builder._scene = None  # pylint: disable=protected-access
+    tfds_common.release_scene_sources()
   return builder
 
 
 @register_dataset("open_images")
 def open_images_factory(data_config) -> OpenImagesSource:
-  """Registered factory: reads data.manual_dir (required until prepared) and data.data_dir,
-  prepares the dataset if needed (plain path; for Beam run ``python -m
-  mlzsl_jax.data.open_images ... --beam``), returns its ``DatasetSource``."""
+  """Registered factory: reads data.manual_dir (required until prepared), data.data_dir,
+  data.scene ('none' / 'vgg19') and data.scene_weights (the torchvision VGG19 file; needed to
+  build the 'vgg19' dataset), prepares the dataset if needed (plain path; for Beam run
+  ``python -m mlzsl_jax.data.open_images ... --beam``), returns its ``DatasetSource``."""
   manual_dir = data_config.get("manual_dir", "") or ""
   if not isinstance(manual_dir, str):
     raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
                      f"{manual_dir!r}")
-  return OpenImagesSource(prepare(manual_dir, data_config.get("data_dir", None) or None))
+  scene, scene_weights = tfds_common.scene_option(data_config)
+  return OpenImagesSource(prepare(manual_dir, data_config.get("data_dir", None) or None,
+                                  scene=scene, scene_weights=scene_weights))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-  """``python -m mlzsl_jax.data.open_images --manual_dir D --data_dir T [--beam -- OPTS]``."""
+  """``python -m mlzsl_jax.data.open_images --manual_dir D --data_dir T [--scene vgg19
+  --scene_weights W] [--beam -- OPTS]``."""
   argv = list(sys.argv[1:] if argv is None else argv)
   beam_args = []
   if "--" in argv:
@@ -846,13 +921,21 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
   parser.add_argument("--beam", action="store_true",
                       help="build with Apache Beam; options after '--' go to PipelineOptions")
+  parser.add_argument("--scene", default="none", choices=tfds_common.SCENE_CHOICES,
+                      help="vgg19: also store BiAM's scene feature (builder config "
+                           f"{tfds_common.SCENE_CONFIG_NAME!r})")
+  parser.add_argument("--scene_weights", default="",
+                      help="torchvision's vgg19-dcbb9e9d.pth (with --scene vgg19); Beam "
+                           "workers read it from this path")
   args = parser.parse_args(argv)
   options = None
   if args.beam:
     options = _beam().options.pipeline_options.PipelineOptions(flags=beam_args)
   elif beam_args:
     parser.error("Beam options after '--' need --beam")
-  builder = prepare(args.manual_dir, args.data_dir, beam_options=options)
+  weights = os.path.abspath(os.path.expanduser(args.scene_weights)) if args.scene_weights else ""
+  builder = prepare(args.manual_dir, args.data_dir, beam_options=options, scene=args.scene,
+                    scene_weights=weights)
   print(f"open_images: prepared at {builder.data_dir}: "
         f"{ {s: builder.info.splits[s].num_examples for s in SPLITS} }")
 

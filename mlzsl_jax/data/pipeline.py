@@ -44,8 +44,21 @@ def _select(example: dict, label_ids: tf.Tensor, with_scene: bool) -> dict:
   return out
 
 
-def _has_positive(label_ids: tf.Tensor):
-  return lambda ex: tf.reduce_any(tf.gather(ex["labels"], label_ids) > 0)
+def _keep_for_training(label_ids: tf.Tensor, drop_without_positive: bool,
+                       max_positive: int) -> Callable[[tf.Tensor], tf.Tensor] | None:
+  """Predicate on an example's labels [num_labels] (None = keep all): at least one positive
+  among ``label_ids`` (``drop_without_positive``) and at most ``max_positive`` of them
+  (``max_positive`` > 0; BiAM's Open Images script keeps images with <= 40 positives)."""
+  if not drop_without_positive and max_positive <= 0:
+    return None
+
+  def keep(labels):
+    positives = tf.reduce_sum(tf.cast(tf.gather(labels, label_ids) > 0, tf.int32))
+    ok = positives > 0 if drop_without_positive else tf.constant(True)
+    if max_positive > 0:
+      ok = tf.logical_and(ok, positives <= max_positive)
+    return ok
+  return keep
 
 
 PROCESS_SPLITS = ("examples", "batches")
@@ -124,12 +137,14 @@ def local_batch_size(global_batch: int, field: str, data_shards: int) -> int:
 
 
 def count_train_examples(source: DatasetSource, split: str, seen_ids: Sequence[int],
-                         drop_without_positive: bool, process_split: str = "examples") -> int:
-  """Number of training examples this process reads per epoch (after the positive filter)."""
+                         drop_without_positive: bool, process_split: str = "examples",
+                         max_positive: int = 0) -> int:
+  """Number of training examples this process reads per epoch (after the label filters)."""
   ids = tf.constant(list(seen_ids), tf.int32)
   ds = _process_share(source.as_tf_dataset(split), process_split).map(lambda ex: ex["labels"])
-  if drop_without_positive:
-    ds = ds.filter(lambda y: tf.reduce_any(tf.gather(y, ids) > 0))
+  keep = _keep_for_training(ids, drop_without_positive, max_positive)
+  if keep is not None:
+    ds = ds.filter(keep)
   return int(ds.reduce(np.int64(0), lambda n, _: n + 1).numpy())
 
 
@@ -154,7 +169,7 @@ def train_batches(source: DatasetSource, *, split: str, seen_ids: Sequence[int],
                   global_batch: int, seed: int, start_step: int, steps_per_epoch: int,
                   shuffle_buffer: int, drop_without_positive: bool,
                   data_shards: int, prefetch: int = 2, process_split: str = "examples",
-                  sharding=None) -> Iterator[dict[str, np.ndarray]]:
+                  sharding=None, max_positive: int = 0) -> Iterator[dict[str, np.ndarray]]:
   """Endless host batches from ``start_step`` on; labels restricted to ``seen_ids``.
 
   Every epoch has exactly ``steps_per_epoch`` batches (``train_steps_per_epoch``), so all
@@ -169,8 +184,9 @@ def train_batches(source: DatasetSource, *, split: str, seen_ids: Sequence[int],
   ids = tf.constant(list(seen_ids), tf.int32)
   with_scene = source.meta.scene_dim > 0
   base = _process_share(source.as_tf_dataset(split), process_split)
-  if drop_without_positive:
-    base = base.filter(_has_positive(ids))
+  keep = _keep_for_training(ids, drop_without_positive, max_positive)
+  if keep is not None:
+    base = base.filter(lambda ex: keep(ex["labels"]))
   base = base.map(lambda ex: _select(ex, ids, with_scene), num_parallel_calls=tf.data.AUTOTUNE)
   feature_shape = (source.meta.num_regions, source.meta.feature_dim)
   epoch, offset = divmod(start_step, steps_per_epoch)

@@ -1,7 +1,22 @@
-"""What every tfds builder of this package shares: a builder base that downloads nothing, and
-the stored form of region features."""
+"""What every tfds builder of this package shares: a builder base that downloads nothing, the
+stored form of region features, and the optional BiAM scene feature computed at build time.
+
+Scene feature (``data.scene='vgg19'``, NUS-WIDE and Open Images): BiAM's official ``vgg_net``
+(``mlzsl_jax.extract.scene_head``: VGG19's last max-pool, fc6, ReLU, fc7, ReLU) applied to the
+float32 source region features, with the user's torchvision VGG19 file
+(``data.scene_weights``), ``SCENE_BATCH`` images at a time, stored float16 [fc_dim] beside the
+features. It is a separate tfds builder config (``SCENE_CONFIG_NAME``: stored under
+``<data_dir>/<name>/vgg19_scene/<version>``); the plain dataset (``<data_dir>/<name>/<version>``)
+is untouched. The metadata records ``scene_dim``, the weights file's size and SHA-256
+(``scene_weights``) and a provenance line.
+"""
 
 from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -22,26 +37,215 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return None
 
 
-def region_example_features(num_regions: int, feature_dim: int) -> tfds.features.FeaturesDict:
+def region_example_features(num_regions: int, feature_dim: int, scene: bool = False
+                            ) -> tfds.features.FeaturesDict:
   """Stored example of a region-feature dataset: features fp16 [regions, dim], labels int8
-  [labels] (length from the files), image_id.
+  [labels] (length from the files), image_id; with ``scene``, scene fp16 [scene_dim] (length
+  from the weights file; the metadata's ``scene_dim``).
 
   Raw bytes: 2 bytes per feature value and 1 per state (tfds' default encoding stores float16
   as a float32 FloatList and int8 as varint int64: ~2x the size, ~15x slower to serialize).
   """
-  return tfds.features.FeaturesDict({
+  fields = {
       "features": tfds.features.Tensor(shape=(num_regions, feature_dim), dtype=np.float16,
                                        encoding=tfds.features.Encoding.BYTES),
       "labels": tfds.features.Tensor(shape=(None,), dtype=np.int8,
                                      encoding=tfds.features.Encoding.BYTES),
       "image_id": tfds.features.Text(),
-  })
+  }
+  if scene:
+    fields["scene"] = tfds.features.Tensor(shape=(None,), dtype=np.float16,
+                                           encoding=tfds.features.Encoding.BYTES)
+  return tfds.features.FeaturesDict(fields)
 
 
-def stored_examples(builder, split: str, num_labels: int) -> tf.data.Dataset:
-  """The examples of ``split`` in stored order as {features, labels [num_labels], image_id}
-  (the label length is known from the metadata, not from the stored tensor spec)."""
+def select_fields(num_labels: int, scene_dim: int = 0) -> Callable[[dict], dict]:
+  """tf map fn: a stored example -> {features, labels [num_labels], image_id} plus
+  scene [scene_dim] when ``scene_dim > 0`` (lengths known from the metadata, not from the
+  stored tensor spec)."""
+  def select(ex):
+    out = {"features": ex["features"],
+           "labels": tf.ensure_shape(ex["labels"], (num_labels,)),
+           "image_id": ex["image_id"]}
+    if scene_dim > 0:
+      out["scene"] = tf.ensure_shape(ex["scene"], (scene_dim,))
+    return out
+  return select
+
+
+def stored_examples(builder, split: str, num_labels: int, scene_dim: int = 0
+                    ) -> tf.data.Dataset:
+  """The examples of ``split`` in stored order (``select_fields``)."""
   ds = builder.as_dataset(split=split, shuffle_files=False)
-  return ds.map(lambda ex: {"features": ex["features"],
-                            "labels": tf.ensure_shape(ex["labels"], (num_labels,)),
-                            "image_id": ex["image_id"]})
+  return ds.map(select_fields(num_labels, scene_dim))
+
+
+# ------------------------------------------------------------------ scene feature
+
+SCENE_CHOICES = ("none", "vgg19")
+SCENE_CONFIG_NAME = "vgg19_scene"
+SCENE_BATCH = 64  # images per call of the jitted head (padded: one compile)
+SCENE_FEATURE = "vgg19_fc7"
+FP16_MAX = float(np.finfo(np.float16).max)
+
+
+def vgg19_scene_config() -> tfds.core.BuilderConfig:
+  """The builder config of a dataset stored with the BiAM scene feature."""
+  return tfds.core.BuilderConfig(
+      name=SCENE_CONFIG_NAME,
+      description="with the BiAM scene feature: VGG19 fc7 (last max-pool, fc6, ReLU, fc7, "
+                  "ReLU) of the float32 region features, float16 [fc_dim]")
+
+
+def scene_option(data_config) -> tuple[str, str]:
+  """(data.scene, data.scene_weights) of a data config, validated: scene in
+  ``SCENE_CHOICES`` ('none' default), weights a path string ('' when not given)."""
+  scene = data_config.get("scene", "none")
+  scene = "none" if scene is None else scene
+  if not isinstance(scene, str) or scene not in SCENE_CHOICES:
+    raise ValueError(f"config field data.scene={scene!r}: expected one of {SCENE_CHOICES} "
+                     "('vgg19': BiAM's scene feature, VGG19 fc7 of the region features, "
+                     "computed once when the dataset is prepared from data.scene_weights)")
+  weights = data_config.get("scene_weights", "") or ""
+  if not isinstance(weights, (str, os.PathLike)):
+    raise ValueError(f"config field data.scene_weights: expected a file path string, got "
+                     f"{weights!r}")
+  weights = os.fspath(weights)
+  return scene, os.path.abspath(os.path.expanduser(weights)) if weights else ""
+
+
+def missing_scene_error(dataset: str, data_dir: str, config_file: str) -> ValueError:
+  """data.scene='vgg19' on a dataset not prepared with it, and no weights to build it."""
+  return ValueError(
+      f"config field data.scene='vgg19': the {dataset} dataset with the scene feature (builder "
+      f"config {SCENE_CONFIG_NAME!r}) is not prepared under {data_dir!r}, and "
+      f"data.scene_weights is empty; prepare it once with: python -m mlzsl_jax.main prepare "
+      f"--config {config_file}:scene=vgg19 --config.data.manual_dir=... "
+      f"--config.data.scene_weights=/path/vgg19-dcbb9e9d.pth (torchvision's ImageNet VGG19 "
+      f"file; the scene feature is computed from it once and stored)")
+
+
+def sha256_file(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def weights_fingerprint(path: str) -> dict[str, Any]:
+  """{"file": path, "bytes": size, "sha256": hex digest} of a weights file."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config field data.scene_weights: file {path!r} does not exist "
+                            "(expected torchvision's vgg19-dcbb9e9d.pth)")
+  return {"file": path, "bytes": os.path.getsize(path), "sha256": sha256_file(path)}
+
+
+def check_scene_weights(builder, path: str) -> None:
+  """ValueError when ``path`` is not the weights file the prepared scene dataset was built
+  with (size, then SHA-256)."""
+  stored = builder.info.metadata.get("scene_weights") or {}
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"config field data.scene_weights: file {path!r} does not exist")
+  if (os.path.getsize(path) != stored.get("bytes")
+      or sha256_file(path) != stored.get("sha256")):
+    raise ValueError(
+        f"config field data.scene_weights: {path!r} differs from the weights file the "
+        f"prepared dataset at {builder.data_dir} was built with ({stored.get('file')!r}, "
+        f"{stored.get('bytes')} bytes, SHA-256 {stored.get('sha256')}); give that file (or "
+        f"leave data.scene_weights empty), or delete that folder to rebuild")
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneSource:
+  """A loaded scene head: ``fn`` float32 [B, regions, C] -> float32 [B, dim] (numpy)."""
+
+  fn: Callable[[np.ndarray], np.ndarray]
+  dim: int
+  weights: dict[str, Any]  # weights_fingerprint
+
+  def metadata(self) -> dict[str, Any]:
+    return {"scene_dim": self.dim, "scene_feature": SCENE_FEATURE,
+            "scene_weights": dict(self.weights)}
+
+  def provenance(self) -> str:
+    return (f"scene = BiAM's vgg_net (eval mode) on the float32 region features before the "
+            f"float16 cast: VGG19's last 2x2 max-pool of the grid, (C, H, W) flatten, fc6, "
+            f"ReLU, fc7, ReLU (torchvision classifier[0:5]) -> float16 [{self.dim}], weights "
+            f"{os.path.basename(self.weights['file'])} (SHA-256 {self.weights['sha256']})")
+
+
+def load_scene_source(path: str, region_dim: int, grid_shape: Sequence[int],
+                      fingerprint: dict[str, Any] | None = None) -> SceneSource:
+  """The head of a torchvision VGG19 file (errors name the file and key), jitted."""
+  from mlzsl_jax.extract import scene_head  # pylint: disable=import-outside-toplevel
+  fingerprint = fingerprint or weights_fingerprint(path)
+  head = scene_head.load_scene_head(path, region_dim=region_dim, grid_shape=grid_shape)
+  return SceneSource(fn=scene_head.numpy_scene_fn(head), dim=head.fc_dim,
+                     weights=dict(fingerprint))
+
+
+# One head per worker process (Apache Beam): (path, sha256) -> SceneSource.
+_WORKER_SCENE: dict[tuple[str, str], SceneSource] = {}
+
+
+def worker_scene_source(path: str, sha256: str, region_dim: int,
+                        grid_shape: Sequence[int]) -> SceneSource:
+  """The head of ``path``, loaded once per process (its SHA-256 checked against ``sha256``,
+  the file the build started with) and kept for the process's next files."""
+  key = (path, sha256)
+  if key not in _WORKER_SCENE:
+    fingerprint = weights_fingerprint(path)
+    if fingerprint["sha256"] != sha256:
+      raise ValueError(f"scene weights {path!r}: SHA-256 {fingerprint['sha256']} on this "
+                       f"worker, {sha256} when the build started (changed, or another file "
+                       f"at this path?)")
+    _WORKER_SCENE[key] = load_scene_source(path, region_dim, grid_shape, fingerprint)
+  return _WORKER_SCENE[key]
+
+
+def keep_scene_source(source: SceneSource) -> None:
+  """Make an already loaded head the process's copy (``worker_scene_source``)."""
+  _WORKER_SCENE[(source.weights["file"], source.weights["sha256"])] = source
+
+
+def release_scene_sources() -> None:
+  """Drop the process's heads (~480 MB each for the ImageNet VGG19)."""
+  _WORKER_SCENE.clear()
+
+
+def _stored(example: dict[str, Any]) -> dict[str, Any]:
+  return {**example, "features": np.ascontiguousarray(example["features"]).astype(np.float16)}
+
+
+def _with_scene(batch: list, scene_fn, batch_size: int) -> Iterator[tuple[Any, dict]]:
+  feats = np.zeros((batch_size, *np.shape(batch[0][1]["features"])), np.float32)
+  for i, (_, ex) in enumerate(batch):
+    feats[i] = ex["features"]
+  scene = np.asarray(scene_fn(feats), np.float32)[:len(batch)]  # padding rows dropped
+  for (key, ex), value in zip(batch, scene):
+    if not np.all(np.isfinite(value)) or np.abs(value).max(initial=0) > FP16_MAX:
+      raise ValueError(f"image {ex['image_id']!r}: scene feature has NaN/inf or values beyond "
+                       f"the float16 range (max |x| = {float(np.abs(value).max()):g})")
+    yield key, {**_stored(ex), "scene": value.astype(np.float16)}
+
+
+def to_stored(examples: Iterable[tuple[Any, dict[str, Any]]],
+              scene_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+              batch_size: int = SCENE_BATCH) -> Iterator[tuple[Any, dict[str, Any]]]:
+  """(key, example with source-precision features [regions, C]) -> (key, stored example):
+  features cast to float16 and, with ``scene_fn``, ``scene`` float16 [S] = scene_fn(float32
+  features), computed ``batch_size`` examples at a time (the last batch zero-padded, so the
+  jitted head compiles once). Holds at most ``batch_size`` examples."""
+  if scene_fn is None:
+    for key, ex in examples:
+      yield key, _stored(ex)
+    return
+  batch = []
+  for item in examples:
+    batch.append(item)
+    if len(batch) == batch_size:
+      yield from _with_scene(batch, scene_fn, batch_size)
+      batch = []
+  if batch:
+    yield from _with_scene(batch, scene_fn, batch_size)

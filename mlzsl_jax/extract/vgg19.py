@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from mlzsl_jax.extract import scene_head
 from mlzsl_jax.models import layers
 
 STAGE_CONVS = (2, 2, 4, 4, 4)          # convs per stage (VGG19)
@@ -116,16 +117,10 @@ class VGG19(nnx.Module):
     """grid [B, h, w, C5] (conv5_4 after ReLU) -> scene feature [B, fc_dim].
 
     Last max-pool -> [B, h/2, w/2, C5] -> (C, H, W) flatten (torch order) -> fc6 -> ReLU ->
-    fc7 -> ReLU.
+    fc7 -> ReLU: ``scene_head.head_forward``, the code ``VGG19SceneHead`` runs too.
     """
-    want = (*self.grid_shape, self.region_dim)
-    if grid.ndim != 4 or tuple(grid.shape[1:]) != want:
-      raise ValueError(f"VGG19 grid: expected [batch, {want[0]}, {want[1]}, {want[2]}], "
-                       f"got {list(grid.shape)}")
-    x = nnx.max_pool(grid.astype(self.dtype), (2, 2), strides=(2, 2), padding="VALID")
-    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # torch's x.view(B, -1)
-    x = jax.nn.relu(self.fc6(x))
-    return jax.nn.relu(self.fc7(x))
+    scene_head.check_grid(grid, self.grid_shape, self.region_dim, "VGG19")
+    return scene_head.head_forward(self.fc6, self.fc7, grid, self.dtype)
 
   def scene_from_regions(self, regions: jax.Array) -> jax.Array:
     """regions [B, h*w, C5] (row-major, e.g. the official features transposed) -> [B, fc_dim].

@@ -1,0 +1,103 @@
+"""Restoring a trained workdir for evaluation, plots and prediction: the dataset, the
+compiled ``Trainer`` and the state of a chosen checkpoint (``latest``, ``best`` or a step).
+
+Sits above ``train.py`` (checkpoint layout, Trainer) and ``evaluate.py`` (metrics), so that
+neither of those imports the other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from mlzsl_jax import distributed
+from mlzsl_jax import evaluate as evaluate_lib
+from mlzsl_jax import sharding as shd
+from mlzsl_jax import train
+from mlzsl_jax.data.source import get_dataset
+
+
+def _config_differences(config, workdir: str) -> list[str]:
+  """Model / data / label fields where ``workdir/config.json`` (written by training) and
+  ``config`` disagree: evaluating a checkpoint with another split or model is a mistake."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    trained = json.load(f)
+  now = json.loads(config.to_json_best_effort())
+  out = []
+  for block in ("model", "data"):
+    for key in sorted(set(trained.get(block, {})) | set(now.get(block, {}))):
+      if (key not in ("data_dir", "manual_dir", "scene_weights")
+          and trained.get(block, {}).get(key) != now.get(block, {}).get(key)):
+        out.append(f"{block}.{key}: trained with {trained.get(block, {}).get(key)!r}, "
+                   f"now {now.get(block, {}).get(key)!r}")
+  return out
+
+
+def checkpoint_step(workdir: str, config, checkpoint: str | int = "latest"
+                    ) -> tuple[ocp.CheckpointManager, int]:
+  """(manager, step) of ``checkpoint`` in ``workdir``: 'latest' (``checkpoints/``), 'best'
+  (``best/``, kept by validation-based selection) or a step number of ``checkpoints/``."""
+  choice = str(checkpoint)
+  if choice == "best":
+    mngr = train.best_checkpoint_manager(workdir)
+    step = mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"--workdir {workdir!r}: no best checkpoint under "
+                              f"{os.path.join(workdir, train.BEST_DIR)} (the run has no "
+                              "validation-based selection: eval.val_split, or it has not "
+                              "validated yet); use --checkpoint=latest")
+    return mngr, step
+  mngr = train.checkpoint_manager(workdir, config)
+  if choice == "latest":
+    step = mngr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"--workdir {workdir!r}: no checkpoint under "
+                              f"{os.path.join(workdir, 'checkpoints')}; train first")
+    return mngr, step
+  if not choice.isdigit():
+    raise ValueError(f"--checkpoint={choice!r}: expected 'latest', 'best' or a step number")
+  if int(choice) not in mngr.all_steps():
+    raise FileNotFoundError(f"--workdir {workdir!r}: no checkpoint of step {choice}; kept "
+                            f"steps: {sorted(mngr.all_steps())}")
+  return mngr, int(choice)
+
+
+def restore(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | int = "latest"):
+  """(source, trainer, state, step) of ``checkpoint`` in ``workdir`` (see checkpoint_step).
+
+  Warns (process 0) where the workdir was trained with other model / data fields (e.g. another
+  seen / unseen split): the scores would then be those of a different experiment.
+  """
+  workdir = train.ensure_workdir(workdir)
+  source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
+  mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
+  trainer = train.Trainer(config, source.meta, mesh, steps_per_epoch=1)
+  mngr, step = checkpoint_step(workdir, config, checkpoint)
+  differences = _config_differences(config, workdir)
+  if differences and jax.process_index() == 0:
+    print(f"WARNING: {workdir}/config.json differs from this config in: "
+          + "; ".join(differences), flush=True)
+  state = mngr.restore(step, args=ocp.args.StandardRestore(trainer.abstract_state()))
+  return source, trainer, state, step
+
+
+def restore_latest(config: ml_collections.ConfigDict, workdir: str):
+  """``restore(config, workdir, 'latest')``."""
+  return restore(config, workdir, "latest")
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str,
+             checkpoint: str | int = "latest") -> dict:
+  """Restores ``checkpoint`` of ``workdir`` and prints the evaluation table of the test split
+  (``results.json`` is written, with the step of the checkpoint evaluated)."""
+  source, trainer, state, step = restore(config, workdir, checkpoint)
+  result = evaluate_lib.evaluate_state(trainer, source, state, config)
+  evaluate_lib.report(result, config, workdir, step)
+  return result
