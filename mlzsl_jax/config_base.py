@@ -41,9 +41,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.b2 = 0.999  # adam beta2 / rmsprop decay
   c.optimizer.eps = 1e-8
   c.optimizer.weight_decay = 5e-4  # L2 added to the gradient (torch Adam), not AdamW
-  c.optimizer.schedule = "warmup_cosine"  # or 'constant'
+  c.optimizer.schedule = "warmup_cosine"  # or 'constant', 'val_plateau'
   c.optimizer.warmup_epochs = 3
   c.optimizer.lr_min = 5e-4
+  # schedule 'val_plateau' (LESA): x plateau_decay when an exponential moving average
+  # (weight plateau_signal) of the validation metric eval.select_metric falls, then
+  # plateau_patience validations of cool-down; never below plateau_min_scale * lr.
+  c.optimizer.plateau_signal = 0.3
+  c.optimizer.plateau_patience = 5
+  c.optimizer.plateau_decay = 0.8
+  c.optimizer.plateau_min_scale = 1e-3
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # global, over all devices and processes
@@ -69,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Drop training images with more than this many positive (seen) labels; 0 = keep all.
   # BiAM's Open Images script keeps images with <= 40 positives.
   c.train.max_positive_labels = 0
+  # Train this many steps instead of num_epochs epochs (0 = num_epochs * steps per epoch);
+  # LESA's scripts count iterations.
+  c.train.num_steps = 0
 
   c.eval = ml_collections.ConfigDict()
   c.eval.protocol = "multilabel"  # or 'single_label' (per-class top-1, GZSL H; DEM's benchmarks)
@@ -86,11 +96,14 @@ def base_config() -> ml_collections.ConfigDict:
   # kept in WORKDIR/best. '' = no validation.
   c.eval.val_split = ""
   c.eval.val_epochs = ()
+  c.eval.val_steps = ()  # validation after these steps too (LESA validates every N steps)
   c.eval.select_metric = "seen/f1@5"
   # Test passes after these epochs (besides the final one), recorded in WORKDIR/evals.json.
   c.eval.test_epochs = ()
+  c.eval.test_steps = ()
   # Which parameters the test passes and the final evaluation score: 'latest' (the current
-  # ones) or 'best' (the validation-selected checkpoint, as BiAM's train_nus.py test()).
+  # ones), 'best' (the validation-selected checkpoint, as BiAM's train_nus.py test()), or
+  # 'latest,best' (both, LESA's end of training); results.json holds the first.
   c.eval.test_checkpoint = "latest"
 
   c.mesh = ml_collections.ConfigDict()

@@ -2,9 +2,11 @@
 
 Every scheduled evaluation during training is one record in ``workdir/evals.json``:
 
-  {"kind": "val" | "test", "epoch": e, "step": s, "split": "val20",
+  {"kind": "val" | "test", "step": s, "epoch": s / steps per epoch, "split": "val20",
    "checkpoint": "latest" | "best", "params_step": the step whose parameters were scored,
    "views": {"seen": {...}, "zsl": {...}, "gzsl": {...}}, "selected": bool (val only)}
+
+A record is identified by (kind, step, checkpoint).
 
 The file is rewritten atomically after each record (process 0), so a run killed at any
 moment resumes with every finished evaluation kept; an evaluation that was running is simply
@@ -46,7 +48,7 @@ def metric_value(record: dict, name: str) -> float:
   views = record["views"]
   if view not in views or key not in views[view]:
     have = sorted(f"{v}/{k}" for v in views for k in views[v])
-    raise KeyError(f"evaluation record of epoch {record.get('epoch')}: no metric {name!r}; "
+    raise KeyError(f"evaluation record of step {record.get('step')}: no metric {name!r}; "
                    f"recorded: {have}")
   return float(views[view][key])
 
@@ -54,7 +56,7 @@ def metric_value(record: dict, name: str) -> float:
 def best_record(records: Iterable[dict], metric: str) -> dict | None:
   """The record with the largest ``metric``; a tie goes to the later one (official ``>=``).
 
-  NaN values never win. Records are taken in the order given (epoch order).
+  NaN values never win. Records are taken in the order given (step order).
   """
   best, best_value = None, -math.inf
   for record in records:
@@ -64,21 +66,45 @@ def best_record(records: Iterable[dict], metric: str) -> dict | None:
   return best
 
 
-def check_epochs(epochs: Sequence[int], num_epochs: int, field: str) -> tuple[int, ...]:
-  """Sorted unique epochs, each in 1..num_epochs; ValueError naming ``field`` otherwise."""
+def check_points(values: Sequence[int], lowest: int, highest: int, field: str,
+                 what: str) -> tuple[int, ...]:
+  """Sorted unique ints in lowest..highest; ValueError naming ``field`` otherwise."""
   out = []
-  for e in epochs:
-    if isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= num_epochs:
-      raise ValueError(f"config field {field}={tuple(epochs)!r}: expected epochs in 1.."
-                       f"{num_epochs} (train.num_epochs), got {e!r}")
-    out.append(e)
+  for v in values:
+    if isinstance(v, bool) or not isinstance(v, int) or not lowest <= v <= highest:
+      raise ValueError(f"config field {field}={tuple(values)!r}: expected {what} in "
+                       f"{lowest}..{highest}, got {v!r}")
+    out.append(v)
   return tuple(sorted(set(out)))
 
 
-def check_checkpoint_choice(value: str, field: str) -> str:
-  if value not in CHECKPOINT_CHOICES:
-    raise ValueError(f"config field {field}={value!r}: expected one of {CHECKPOINT_CHOICES}")
-  return value
+def check_checkpoint_choices(value: str, field: str) -> tuple[str, ...]:
+  """'latest', 'best' or 'latest,best' -> the tuple; ValueError naming ``field``."""
+  out = tuple(v.strip() for v in str(value).split(","))
+  if not out or any(v not in CHECKPOINT_CHOICES for v in out) or len(set(out)) != len(out):
+    raise ValueError(f"config field {field}={value!r}: expected 'latest', 'best' or both "
+                     "comma-separated ('latest,best')")
+  return out
+
+
+def plateau_learning_rate(values: Sequence[float], lr: float, *, signal: float,
+                          patience: int, decay: float, min_scale: float) -> float:
+  """The learning rate after validations with metric ``values`` (in order), LESA's rule.
+
+  LESA ``core/utils.py`` LearningRate.adapt: an exponential moving average of the metric,
+  started at 0, ``ema = (1 - signal) * ema + signal * value``; when it falls below its
+  previous value, the rate is at least ``min_scale`` times its start and no cool-down is
+  left, the rate is multiplied by ``decay`` and the cool-down set to ``patience``; the
+  cool-down drops by one at every validation.
+  """
+  start, ema, cooldown = lr, 0.0, 0
+  for value in values:
+    previous, ema = ema, ema * (1 - signal) + value * signal
+    if ema < previous and lr >= start * min_scale and cooldown <= 0:
+      lr *= decay
+      cooldown = patience
+    cooldown -= 1
+  return lr
 
 
 class EvalHistory:
@@ -96,28 +122,33 @@ class EvalHistory:
                          "atomically, so this is not a crash: delete it only if you know why "
                          "it changed") from e
 
-  def get(self, kind: str, epoch: int) -> dict | None:
-    return next((r for r in self.records if r["kind"] == kind and r["epoch"] == epoch), None)
+  def get(self, kind: str, step: int, checkpoint: str = "latest") -> dict | None:
+    return next((r for r in self.records if (r["kind"], r["step"], r["checkpoint"])
+                 == (kind, step, checkpoint)), None)
 
   def of_kind(self, kind: str) -> list[dict]:
     return [r for r in self.records if r["kind"] == kind]
 
   def add(self, record: dict) -> None:
-    """Appends ``record`` (replacing one of the same kind and epoch) and saves atomically."""
-    self.records = [r for r in self.records
-                    if (r["kind"], r["epoch"]) != (record["kind"], record["epoch"])]
+    """Appends ``record`` (replacing one with the same kind, step and checkpoint) and saves
+    atomically."""
+    key = lambda r: (r["kind"], r["step"], r["checkpoint"])  # noqa: E731
+    self.records = [r for r in self.records if key(r) != key(record)]
     self.records.append(record)
-    self.records.sort(key=lambda r: (r["epoch"], KINDS.index(r["kind"])))
+    self.records.sort(key=lambda r: (r["step"], KINDS.index(r["kind"]),
+                                     CHECKPOINT_CHOICES.index(r["checkpoint"])))
     if jax.process_index() == 0:
       with open(self.path + ".tmp", "w") as f:
         json.dump({"records": self.records}, f, indent=1)
       os.replace(self.path + ".tmp", self.path)
 
 
-def make_record(kind: str, epoch: int, step: int, split: str, checkpoint: str,
+def make_record(kind: str, step: int, steps_per_epoch: int, split: str, checkpoint: str,
                 params_step: int, views: dict[str, dict[str, float]], **extra: Any) -> dict:
   """One history record (see the module docstring); metric values as plain floats."""
-  return {"kind": kind, "epoch": int(epoch), "step": int(step), "split": split,
+  epoch = step / steps_per_epoch
+  return {"kind": kind, "step": int(step),
+          "epoch": int(epoch) if epoch == int(epoch) else round(epoch, 3), "split": split,
           "checkpoint": checkpoint, "params_step": int(params_step),
           "views": {v: {k: float(x) for k, x in m.items()} for v, m in views.items()},
           **extra}

@@ -14,7 +14,7 @@ import signal
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -127,14 +127,15 @@ def lr_schedule(opt_cfg, steps_per_epoch: int, num_epochs: int) -> Callable[[Any
   """Learning rate as a function of the step; changes once per epoch, as the official code.
 
   'warmup_cosine': epochs 0..w-1 use lr*(e+1)/w; then cosine from lr to lr_min over the
-  remaining epochs. 'constant': lr.
+  remaining epochs. 'constant': lr. 'val_plateau': lr at first, then set from the validation
+  metrics by ``ScheduledEvaluations`` (held in the optimizer state: ``AdaptiveLRState``).
   """
   lr, lr_min, warm = opt_cfg.lr, opt_cfg.lr_min, opt_cfg.warmup_epochs
-  if opt_cfg.schedule == "constant":
+  if opt_cfg.schedule in ("constant", "val_plateau"):  # val_plateau: the start rate
     return lambda step: jnp.asarray(lr, jnp.float32)
   if opt_cfg.schedule != "warmup_cosine":
     raise ValueError(f"config field optimizer.schedule={opt_cfg.schedule!r}: expected "
-                     "'warmup_cosine' or 'constant'")
+                     "'warmup_cosine', 'constant' or 'val_plateau'")
   decay_epochs = max(num_epochs - warm, 1)
 
   def schedule(step):
@@ -146,7 +147,47 @@ def lr_schedule(opt_cfg, steps_per_epoch: int, num_epochs: int) -> Callable[[Any
   return schedule
 
 
+class AdaptiveLRState(NamedTuple):
+  """Optimizer state of ``scale_by_adaptive_lr``: the current learning rate."""
+  lr: jax.Array  # [] float32
+
+
+def scale_by_adaptive_lr(lr: float) -> optax.GradientTransformation:
+  """Scales updates by -lr, with lr held in the optimizer state (set from the host between
+  steps with ``set_adaptive_lr``; checkpointed with the state, so a resume keeps it)."""
+  def init(params):
+    del params
+    return AdaptiveLRState(lr=jnp.asarray(lr, jnp.float32))
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree.map(lambda u: (-state.lr * u).astype(u.dtype), updates), state
+  return optax.GradientTransformation(init, update)
+
+
+def _is_adaptive(x) -> bool:
+  return isinstance(x, AdaptiveLRState)
+
+
+def set_adaptive_lr(opt_state, lr: jax.Array):
+  """``opt_state`` with every ``AdaptiveLRState`` learning rate set to ``lr``."""
+  return jax.tree.map(lambda x: x._replace(lr=lr) if _is_adaptive(x) else x, opt_state,
+                      is_leaf=_is_adaptive)
+
+
+def adaptive_lr(opt_state) -> jax.Array | None:
+  """The learning rate held by ``opt_state`` (None without ``scale_by_adaptive_lr``)."""
+  found = [x.lr for x in jax.tree.leaves(opt_state, is_leaf=_is_adaptive) if _is_adaptive(x)]
+  return found[0] if found else None
+
+
 OPTIMIZERS: Registry[Callable] = Registry("optimizer", "optimizer.name")
+
+
+def _learning_rate(opt_cfg, schedule) -> optax.GradientTransformation:
+  if opt_cfg.schedule == "val_plateau":
+    return scale_by_adaptive_lr(opt_cfg.lr)
+  return optax.scale_by_learning_rate(schedule)
 
 
 @OPTIMIZERS.register("adam")
@@ -154,13 +195,20 @@ def _adam(opt_cfg, schedule) -> optax.GradientTransformation:
   """torch.optim.Adam with weight_decay: L2 term added to the gradient before Adam (BiAM)."""
   return optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay),
                      optax.scale_by_adam(opt_cfg.b1, opt_cfg.b2, opt_cfg.eps),
-                     optax.scale_by_learning_rate(schedule))
+                     _learning_rate(opt_cfg, schedule))
 
 
 @OPTIMIZERS.register("rmsprop")
 def _rmsprop(opt_cfg, schedule) -> optax.GradientTransformation:
   """TF1 RMSPropOptimizer (LESA): decay b2, momentum b1, eps inside the sqrt, mean-square
-  accumulator started at 1; weight_decay as an L2 term added to the gradient."""
+  accumulator started at 1; weight_decay as an L2 term added to the gradient. The rate
+  scales the update before the momentum, as TF1 does (so a changed rate acts on new
+  gradients only)."""
+  if opt_cfg.schedule == "val_plateau":
+    return optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay),
+                       optax.scale_by_rms(decay=opt_cfg.b2, eps=opt_cfg.eps,
+                                          initial_scale=1.0, eps_in_sqrt=True),
+                       scale_by_adaptive_lr(opt_cfg.lr), optax.trace(decay=opt_cfg.b1))
   return optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay),
                      optax.rmsprop(schedule, decay=opt_cfg.b2, eps=opt_cfg.eps,
                                    initial_scale=1.0, eps_in_sqrt=True,
@@ -233,7 +281,8 @@ class Trainer:
         state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "lr": self.schedule(state.step),
+    lr = adaptive_lr(state.opt_state)
+    metrics = {"loss": loss, "lr": self.schedule(state.step) if lr is None else lr,
                "grad_norm": optax.tree.norm(grads), **aux}
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
@@ -309,64 +358,83 @@ def restore_or_init(trainer: Trainer, mngr: ocp.CheckpointManager,
   return mngr.restore(latest, args=ocp.args.StandardRestore(trainer.abstract_state()))
 
 
-class EpochEvaluations:
-  """Scheduled validation and test passes at epoch ends, and the best checkpoint.
+class ScheduledEvaluations:
+  """Scheduled validation and test passes during training, the best checkpoint, and the
+  validation-driven learning rate.
 
-  After each epoch of ``eval.val_epochs`` the split ``eval.val_split`` is scored
-  (``evaluate.validation_views``); when its ``eval.select_metric`` is >= the best so far the
-  state is saved into WORKDIR/best. After each epoch of ``eval.test_epochs`` the test split is
-  scored with the parameters named by ``eval.test_checkpoint``. Every result is a record of
-  WORKDIR/evals.json (``selection.EvalHistory``), written only after the checkpoints it
-  refers to are on disk, so ``run`` is idempotent: calling it again for an epoch after a
-  crash redoes exactly what is missing.
+  Validation steps: the ends of the epochs in ``eval.val_epochs`` plus the steps in
+  ``eval.val_steps``; there the split ``eval.val_split`` is scored
+  (``evaluate.validation_views``) and, when its ``eval.select_metric`` is >= the best so far,
+  the state is saved into WORKDIR/best. Test steps (``eval.test_epochs`` / ``eval.test_steps``):
+  the test split is scored with the parameters named by ``eval.test_checkpoint`` ('latest',
+  'best' or both). Every result is a record of WORKDIR/evals.json
+  (``selection.EvalHistory``), written only after the checkpoints it refers to are on disk, so
+  ``run`` is idempotent: calling it again for a step after a crash redoes exactly what is
+  missing. With ``optimizer.schedule='val_plateau'`` the learning rate is a function of the
+  recorded validation metrics (``selection.plateau_learning_rate``), set in the optimizer
+  state after each validation and again on resume.
   """
 
   def __init__(self, trainer: Trainer, source, config, workdir: str,
-               mngr: ocp.CheckpointManager, writer, num_epochs: int):
+               mngr: ocp.CheckpointManager, writer, steps_per_epoch: int, total_steps: int):
     ev = config.eval
     self.trainer, self.source, self.config, self.mngr, self.writer = (
         trainer, source, config, mngr, writer)
+    self.spe, self.total_steps = steps_per_epoch, total_steps
+    num_epochs = max(total_steps // steps_per_epoch, 1)
     self.val_split = ev.val_split
-    if ev.val_epochs and not self.val_split:
-      raise ValueError("config field eval.val_epochs is set but eval.val_split is ''; name "
-                       "the validation split (e.g. 'val20')")
-    self.val_epochs = selection.check_epochs(ev.val_epochs, num_epochs, "eval.val_epochs")
+
+    def steps(epochs_field: str, steps_field: str) -> frozenset[int]:
+      epochs = selection.check_points(ev[epochs_field], 1, num_epochs,
+                                      f"eval.{epochs_field}", "epochs")
+      extra = selection.check_points(ev[steps_field], 1, total_steps, f"eval.{steps_field}",
+                                     "steps")
+      return frozenset([e * steps_per_epoch for e in epochs] + list(extra))
+
+    self.val_steps = steps("val_epochs", "val_steps")
+    if self.val_steps and not self.val_split:
+      raise ValueError("config fields eval.val_epochs / eval.val_steps are set but "
+                       "eval.val_split is ''; name the validation split (e.g. 'val20')")
     if self.val_split:
       selection.parse_metric(ev.select_metric)
-    self.test_epochs = selection.check_epochs(ev.test_epochs, num_epochs, "eval.test_epochs")
-    self.test_checkpoint = selection.check_checkpoint_choice(ev.test_checkpoint,
-                                                             "eval.test_checkpoint")
-    if self.test_checkpoint == "best" and not self.val_epochs:
-      raise ValueError("config field eval.test_checkpoint='best' needs validation-based "
-                       "selection: set eval.val_split and eval.val_epochs")
+    self.test_steps = steps("test_epochs", "test_steps")
+    self.test_checkpoints = selection.check_checkpoint_choices(ev.test_checkpoint,
+                                                               "eval.test_checkpoint")
+    self.plateau = config.optimizer.schedule == "val_plateau"
+    if ("best" in self.test_checkpoints or self.plateau) and not self.val_steps:
+      raise ValueError("config fields eval.test_checkpoint='best' and "
+                       "optimizer.schedule='val_plateau' need validation: set "
+                       "eval.val_split and eval.val_epochs or eval.val_steps")
     self.history = selection.EvalHistory(workdir)
-    self.best_mngr = best_checkpoint_manager(workdir) if self.val_epochs else None
+    self.best_mngr = best_checkpoint_manager(workdir) if self.val_steps else None
 
-  def _missing(self, epoch: int, tests: bool) -> tuple[bool, bool]:
-    val = epoch in self.val_epochs and self.history.get("val", epoch) is None
-    test = tests and epoch in self.test_epochs and self.history.get("test", epoch) is None
+  def _missing(self, step: int, tests: bool) -> tuple[bool, list[str]]:
+    val = step in self.val_steps and self.history.get("val", step) is None
+    test = [c for c in self.test_checkpoints
+            if tests and step in self.test_steps and self.history.get("test", step, c) is None]
     return val, test
 
-  def run(self, epoch: int, step: int, state: TrainState, tests: bool = True) -> None:
-    """The evaluations scheduled after ``epoch`` (ending at ``step``) not yet recorded."""
-    val, test = self._missing(epoch, tests)
-    if not (val or test):
-      return
-    self.mngr.wait_until_finished()
-    if self.mngr.latest_step() != step:  # records only refer to checkpoints on disk
-      self.mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+  def run(self, step: int, state: TrainState, tests: bool = True) -> TrainState:
+    """The evaluations scheduled at ``step`` not yet recorded; returns the state (with the
+    learning rate the validations so far imply, under 'val_plateau')."""
+    val, test = self._missing(step, tests)
+    if val or test:
       self.mngr.wait_until_finished()
-    if val:
-      self._validate(epoch, step, state)
-    if test:
-      self.record_test(epoch, step, self.evaluate_test(state, step))
+      if self.mngr.latest_step() != step:  # records only refer to checkpoints on disk
+        self.mngr.save(step, args=ocp.args.StandardSave(state), force=True)
+        self.mngr.wait_until_finished()
+      if val:
+        self._validate(step, state)
+      for checkpoint in test:
+        self.record_test(step, self.evaluate_test(state, step, checkpoint))
+    return self.with_learning_rate(state, step)
 
-  def _validate(self, epoch: int, step: int, state: TrainState) -> None:
+  def _validate(self, step: int, state: TrainState) -> None:
     metric = self.config.eval.select_metric
     views = evaluate.validation_views(self.trainer, self.source, state, self.config,
                                       self.val_split)
-    record = selection.make_record("val", epoch, step, self.val_split, "latest", step, views,
-                                   metric=metric)
+    record = selection.make_record("val", step, self.spe, self.val_split, "latest", step,
+                                   views, metric=metric)
     previous = selection.best_record(self.history.of_kind("val"), metric)
     value = selection.metric_value(record, metric)
     selected = value == value and (  # NaN never selected
@@ -380,9 +448,24 @@ class EpochEvaluations:
                                      for k, x in m.items()})
     best = selection.best_record(self.history.of_kind("val"), metric)
     if jax.process_index() == 0:
-      print(f"validation ({self.val_split}) after epoch {epoch}: {metric} "
-            f"{100 * value:.2f}{' (new best)' if selected else ''}; best: epoch "
-            f"{best['epoch']} ({100 * selection.metric_value(best, metric):.2f})", flush=True)
+      print(f"validation ({self.val_split}) at step {step} (epoch {record['epoch']}): "
+            f"{metric} {100 * value:.2f}{' (new best)' if selected else ''}; best: step "
+            f"{best['step']} ({100 * selection.metric_value(best, metric):.2f})", flush=True)
+
+  def learning_rate(self, step: int) -> float:
+    """'val_plateau': the rate after the validations recorded up to ``step``."""
+    o = self.config.optimizer
+    values = [selection.metric_value(r, self.config.eval.select_metric)
+              for r in self.history.of_kind("val") if r["step"] <= step]
+    return selection.plateau_learning_rate(values, o.lr, signal=o.plateau_signal,
+                                           patience=o.plateau_patience, decay=o.plateau_decay,
+                                           min_scale=o.plateau_min_scale)
+
+  def with_learning_rate(self, state: TrainState, step: int) -> TrainState:
+    if not self.plateau:
+      return state
+    lr = jax.device_put(jnp.asarray(self.learning_rate(step), jnp.float32), self.trainer.repl)
+    return state.replace(opt_state=set_adaptive_lr(state.opt_state, lr))
 
   def best_state(self) -> tuple[TrainState, int]:
     """(state, step) of the validation-selected checkpoint."""
@@ -390,31 +473,34 @@ class EpochEvaluations:
     if step is None:
       raise RuntimeError(f"eval.test_checkpoint='best' but {self.best_mngr.directory} holds "
                          "no checkpoint yet (no validation has run before this test pass: "
-                         "put a val epoch at or before the first test epoch)")
+                         "schedule a validation at or before the first test)")
     return self.best_mngr.restore(
         step, args=ocp.args.StandardRestore(self.trainer.abstract_state())), step
 
-  def evaluate_test(self, state: TrainState, step: int) -> dict:
-    """The test-split evaluation of the parameters named by ``eval.test_checkpoint``
-    (the result dict of ``evaluate.evaluate_state`` plus 'params_step')."""
-    if self.test_checkpoint == "best":
+  def evaluate_test(self, state: TrainState, step: int, checkpoint: str) -> dict:
+    """The test-split evaluation of ``checkpoint`` ('latest' = ``state``, 'best'): the
+    result dict of ``evaluate.evaluate_state`` plus 'params_step' and 'checkpoint'."""
+    if checkpoint == "best":
       state, step = self.best_state()
     result = evaluate.evaluate_state(self.trainer, self.source, state, self.config)
-    result["params_step"] = step
+    result["params_step"], result["checkpoint"] = step, checkpoint
     return result
 
-  def record_test(self, epoch: int, step: int, result: dict) -> None:
-    if epoch not in self.test_epochs or self.history.get("test", epoch) is not None:
+  def record_test(self, step: int, result: dict) -> None:
+    checkpoint = result["checkpoint"]
+    if step not in self.test_steps or self.history.get("test", step, checkpoint) is not None:
       return
     self.history.add(selection.make_record(
-        "test", epoch, step, self.config.data.test_split, self.test_checkpoint,
+        "test", step, self.spe, self.config.data.test_split, checkpoint,
         result["params_step"], {v: result[v] for v in ("zsl", "gzsl")}))
-    self.writer.write_scalars(step, {f"test/{k}": v for k, v in evaluate.flatten(result).items()})
+    prefix = "test" if checkpoint == "latest" else f"test_{checkpoint}"
+    self.writer.write_scalars(step, {f"{prefix}/{k}": v
+                                     for k, v in evaluate.flatten(result).items()})
     if jax.process_index() == 0:
-      which = (f"best checkpoint, step {result['params_step']}"
-               if self.test_checkpoint == "best" else f"step {step}")
-      print(f"test ({self.config.data.test_split}) after epoch {epoch} ({which}):\n"
-            f"{result['table']}", flush=True)
+      which = (f"best checkpoint, step {result['params_step']}" if checkpoint == "best"
+               else "current parameters")
+      print(f"test ({self.config.data.test_split}) at step {step} (epoch "
+            f"{step / self.spe:g}; {which}):\n{result['table']}", flush=True)
 
   def close(self) -> None:
     if self.best_mngr is not None:
@@ -491,7 +577,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints); returns the
   final evaluation {'zsl': {...}, 'gzsl': {...}, 'chance': {...}}.
 
-  Scheduled validation / test passes and the best checkpoint: ``EpochEvaluations``. The
+  Scheduled validation / test passes and the best checkpoint: ``ScheduledEvaluations``. The
   final evaluation scores the parameters named by ``eval.test_checkpoint`` and writes
   ``results.json``.
   """
@@ -517,6 +603,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                      f"fewer than one batch of train.batch_size={config.train.batch_size}")
   num_epochs = config.train.num_epochs
   total_steps = steps_per_epoch * num_epochs
+  if config.train.num_steps:  # a length in steps (LESA counts iterations, not epochs)
+    total_steps = int(config.train.num_steps)
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -525,7 +614,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mngr = checkpoint_manager(workdir, config)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
-  evals = EpochEvaluations(trainer, source, config, workdir, mngr, writer, num_epochs)
+  evals = ScheduledEvaluations(trainer, source, config, workdir, mngr, writer,
+                               steps_per_epoch, total_steps)
   state = restore_or_init(trainer, mngr, config.train.init_from)
   start = int(state.step)
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -553,8 +643,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   preemption = PreemptionWatch(config.train.preemption_check_every_steps)
   profile = ProfileWindow(config.train.profile_steps, os.path.join(workdir, "profile"))
   try:
-    if start and start % steps_per_epoch == 0:  # resumed at an epoch end: finish its evals
-      evals.run(start // steps_per_epoch, start, state, tests=start != total_steps)
+    # A resumed run first finishes the evaluations of the step it resumed at.
+    state = evals.run(start, state, tests=start != total_steps)
     for step in range(start, total_steps):
       profile.before(step)
       state, metrics = trainer.train_step(state, next(batches), emb_seen)
@@ -585,8 +675,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 "to resume", flush=True)
         return {"preempted_at": done}
       mngr.save(done, args=ocp.args.StandardSave(state))
-      if done % steps_per_epoch == 0:
-        evals.run(done // steps_per_epoch, done, state, tests=done != total_steps)
+      state = evals.run(done, state, tests=done != total_steps)
       if (config.train.eval_every_steps and done % config.train.eval_every_steps == 0
           and done != total_steps):
         result = evaluate.evaluate_state(trainer, source, state, config)
@@ -594,9 +683,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if mngr.latest_step() != total_steps:
       mngr.save(total_steps, args=ocp.args.StandardSave(state), force=True)
     mngr.wait_until_finished()
-    evals.run(num_epochs, total_steps, state, tests=False)
-    result = evals.evaluate_test(state, total_steps)
-    evals.record_test(num_epochs, total_steps, result)
+    state = evals.run(total_steps, state, tests=False)
+    # The final evaluation: each of eval.test_checkpoint; results.json holds the first.
+    results = [evals.evaluate_test(state, total_steps, c) for c in evals.test_checkpoints]
+    for result in results:
+      evals.record_test(total_steps, result)
+    result = results[0]
     writer.write_scalars(total_steps, evaluate.flatten(result))
     writer.flush()
     evaluate.report(result, config, workdir, step=result["params_step"], trained_to_end=True,

@@ -171,8 +171,10 @@ def _official_seen_rows(tags, concepts):
   return [i for i in range(len(tags)) if tags[i] not in concepts]
 
 
-def test_every_field_of_every_example(official):
-  source, c, _, _ = official
+def test_every_field_of_every_example(official, monkeypatch):
+  _, c, _, _ = official
+  monkeypatch.setattr(nus_wide, "LESA_VAL_SIZE", 5)  # LESA's 5000, scaled to 12 images
+  source = nus_wide.NusWideSource(official[0].builder)
   k = int(0.8 * NUM_TRAIN)
   assert k == 9
   want = {
@@ -182,6 +184,8 @@ def test_every_field_of_every_example(official):
   }
   want["train80"] = tuple(x[:k] for x in want["train"])
   want["val20"] = tuple(x[k:] for x in want["train"])
+  want["lesa_train"] = tuple(x[5:] for x in want["train"])
+  want["lesa_val"] = tuple(x[:5] for x in want["train"])
   for split in nus_wide.SPLITS:
     names, feats, labels = want[split]
     examples = list(source.as_tf_dataset(split, mix_slices=0).as_numpy_iterator())
@@ -229,7 +233,8 @@ def test_metadata(official):
   assert meta.label_names == tuple([c["tags"][i] for i in rows] + c["concepts"])
   assert meta.grid_shape == (14, 14) and meta.num_regions == 196
   assert meta.feature_dim == 512 and meta.scene_dim == 0
-  assert meta.num_examples == {"train": 12, "train80": 9, "val20": 3, "test": 8}
+  assert meta.num_examples == {"train": 12, "train80": 9, "val20": 3, "lesa_train": 0,
+                               "lesa_val": 12, "test": 8}
   assert source.seen_ids == tuple(range(925)) and source.unseen_ids == tuple(range(925, 1006))
   assert sorted(meta.embeddings) == ["glove"]
   glove = meta.embedding("glove")

@@ -103,3 +103,26 @@ def test_nan_features_and_wrong_shapes_are_clear_errors():
     list(pipeline.eval_batches(bad, split="test", global_batch=8, data_shards=1))
   with pytest.raises(ValueError, match="eval.batch_size=12 must be a multiple"):
     list(pipeline.eval_batches(make_source(), split="test", global_batch=12, data_shards=8))
+
+
+@pytest.mark.parametrize("drop, max_positive", [(True, 2), (False, 3), (True, 0)])
+def test_positive_count_filters(drop, max_positive):
+  """train.max_positive_labels (BiAM Open Images keeps images with <= 40 positives) and the
+  no-positive filter, against a loop over the images."""
+  source = make_source(seed=5)
+  keep = []
+  for i in range(N):
+    positives = sum(1 for j in SEEN if source.labels[i, j] > 0)
+    ok = (positives > 0 or not drop) and (max_positive <= 0 or positives <= max_positive)
+    if ok:
+      keep.append(i)
+  assert pipeline.count_train_examples(source, "train", SEEN, drop,
+                                       max_positive=max_positive) == len(keep)
+  spe = len(keep) // 4
+  it = pipeline.train_batches(source, split="train", seen_ids=SEEN, global_batch=4, seed=1,
+                              start_step=0, steps_per_epoch=spe, shuffle_buffer=64,
+                              drop_without_positive=drop, data_shards=4,
+                              max_positive=max_positive)
+  got = sorted(i for b in (next(it) for _ in range(spe)) for i in ids_of([b])[0])
+  assert set(got) <= set(keep) and len(got) == spe * 4
+  assert 0 < len(keep) < N or (not drop and max_positive <= 0)

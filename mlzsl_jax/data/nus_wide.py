@@ -17,7 +17,7 @@ github akshitac8/BiAM, README "NUS-WIDE Step 1"); ``data.manual_dir`` is the fol
                                pickle: [float32 [1000, 300] (tag list rows),
                                         float32 [81, 300] (concept rows)]
   img_names.pkl / test_img_names.pkl
-                               pickle: {"img_names": [name, ...]} (129,431 / 107,859)
+                               pickle: {"img_names": [name, ...]} (161,789 / 107,859)
 
 Facts from the official code (BiAM ``util_nus.py`` DATA_LOADER, ``train_nus.py`` test();
 LESA ``extract_data/extract_full_NUS_WIDE_images_VGG_feature_2_TFRecord.py``; the label
@@ -41,9 +41,10 @@ Stored example (tfds, raw-bytes encoding; records in the order of the name lists
   labels:   int8    [1006]      states, the 925 seen labels then the 81 unseen
                                 (train: ``-labels`` then ``-labels_81``; test: ``-labels``)
   image_id: string  []          the image name as listed
-Splits: "train" (all training images), "train80" / "val20" (the official 80/20 split: the first
-``int(0.8 * N)`` training images and the rest; read as slices of the stored "train", so nothing
-is stored twice) and "test". No scene feature is stored (scene_dim 0): the official pipeline
+Splits: "train" (all training images), "train80" / "val20" (BiAM's 80/20 split: the first
+``int(0.8 * N)`` training images and the rest), "lesa_train" / "lesa_val" (LESA's: all but the
+first 5000 training images / those 5000), all read as slices of the stored "train", so nothing
+is stored twice, and "test". No scene feature is stored (scene_dim 0): the official pipeline
 computes it on the fly with VGG19's frozen fc6/fc7 from these region features.
 
 With ``data.scene='vgg19'`` and ``data.scene_weights`` (torchvision's ``vgg19-dcbb9e9d.pth``)
@@ -98,14 +99,16 @@ FEATURE_SHAPE = (FEATURE_DIM, NUM_REGIONS)  # as stored in the h5 files
 EMBEDDING_SOURCE = "glove"
 TRAIN_FRACTION = 0.8
 STORED_SPLITS = ("train", "test")
-SPLITS = ("train", "train80", "val20", "test")
+SPLITS = ("train", "train80", "val20", "lesa_train", "lesa_val", "test")
+# LESA's NUS-WIDE script validates on the first 5000 training records and trains on the rest.
+LESA_VAL_SIZE = 5000
 FEATURES_SUFFIX, LABELS_SUFFIX, UNSEEN_SUFFIX = "-features", "-labels", "-labels_81"
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 CONFIG_FILE = "configs/biam_nus_wide.py"  # named in the 'prepare with the scene' hint
 FP16_MAX = float(np.finfo(np.float16).max)
 
 # (seen, unseen, training images, test images) of the official release: a warning otherwise.
-OFFICIAL_SIZES = (925, 81, 129431, 107859)
+OFFICIAL_SIZES = (925, 81, 161789, 107859)
 
 # Bumped whenever stored content changes, so a cache built by older code is never reused.
 DATA_VERSION = "1.0.0"
@@ -303,7 +306,7 @@ def check_h5_index(path: str, names: Sequence[str], split: str, num_seen: int,
                    num_unseen: int, names_file: str) -> int:
   """Check that every listed image has its three datasets with the official shapes/dtypes.
 
-  Reads h5 metadata only (no arrays; about a minute for the 129,431 official training
+  Reads h5 metadata only (no arrays; about a minute for the 161,789 official training
   images). Returns the number of top-level h5 entries besides the three keys of each listed
   image (ignored, as the official loader ignores them).
 
@@ -594,28 +597,25 @@ class NusWideSource:
     base = meta_from_tfds("nus_wide", builder, STORED_SPLITS)
     n = base.num_examples["train"]
     self.train80_size = int(md.get("train80_size", train80_size(n)))
+    lesa = min(LESA_VAL_SIZE, n)
+    self._ranges = {"train": ("train", 0, n), "train80": ("train", 0, self.train80_size),
+                    "val20": ("train", self.train80_size, n),
+                    "lesa_train": ("train", lesa, n), "lesa_val": ("train", 0, lesa),
+                    "test": ("test", 0, base.num_examples["test"])}
     self.meta: DatasetMeta = dataclasses.replace(base, num_examples={
-        "train": n, "train80": self.train80_size, "val20": n - self.train80_size,
-        "test": base.num_examples["test"]})
+        k: end - first for k, (_, first, end) in self._ranges.items()})
     self.seen_ids = tuple(int(i) for i in md["seen_labels"])
     self.unseen_ids = tuple(int(i) for i in md["unseen_labels"])
 
   def tfds_split(self, split: str) -> str:
-    """The tfds split string of ``split`` ("train80" / "val20" are slices of "train")."""
-    check_split(split)
-    if split == "train80":
-      return f"train[:{self.train80_size}]"
-    if split == "val20":
-      return f"train[{self.train80_size}:]"
-    return split
+    """The tfds split string of ``split`` (all but "train" / "test" are slices of "train")."""
+    stored, first, end = self._range(split)
+    return stored if split in STORED_SPLITS else f"{stored}[{first}:{end}]"
 
   def _range(self, split: str) -> tuple[str, int, int]:
     """(stored split, first, end) of ``split`` inside the stored splits."""
     check_split(split)
-    n = self.meta.num_examples["train"]
-    return {"train": ("train", 0, n), "train80": ("train", 0, self.train80_size),
-            "val20": ("train", self.train80_size, n),
-            "test": ("test", 0, self.meta.num_examples["test"])}[split]
+    return self._ranges[split]
 
   def as_tf_dataset(self, split: str, mix_slices: int | None = None,
                     seed: int | None = None) -> tf.data.Dataset:
@@ -636,7 +636,8 @@ class NusWideSource:
     resumed run reads the same stream; evaluation splits keep the stored order.
     """
     if mix_slices is None:
-      mix_slices = self.train_mix_slices if split in ("train", "train80") else 0
+      mix_slices = (self.train_mix_slices if split in ("train", "train80", "lesa_train")
+                    else 0)
       seed = self.mix_seed if seed is None else seed
     if mix_slices > 1:
       stored, first, end = self._range(split)
