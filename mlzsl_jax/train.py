@@ -488,7 +488,8 @@ class ScheduledEvaluations:
 
   def record_test(self, step: int, result: dict) -> None:
     checkpoint = result["checkpoint"]
-    if step not in self.test_steps or self.history.get("test", step, checkpoint) is not None:
+    if ((step not in self.test_steps and step != self.total_steps)  # the final one always
+        or self.history.get("test", step, checkpoint) is not None):
       return
     self.history.add(selection.make_record(
         "test", step, self.spe, self.config.data.test_split, checkpoint,
