@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 RUN := $(VENV)/bin/python
 
-.PHONY: setup setup-torch demo test bench compare compare-pytorch clean
+.PHONY: setup setup-torch demo demo-mosaic test bench compare compare-pytorch clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -22,13 +22,16 @@ setup-torch: setup
 	$(VENV)/bin/pip install -q torch==2.13.0
 
 demo: setup
+	$(RUN) -m mlzsl_jax.main train --config configs/biam_digits.py:data=colours --workdir workdirs/demo_colours
+
+demo-mosaic: setup
 	$(RUN) -m mlzsl_jax.main train --config configs/biam_digits.py --workdir workdirs/biam_digits
 
 test: setup
 	$(RUN) -m pytest -q tests
 
 compare: setup
-	$(RUN) scripts/compare_models.py
+	$(RUN) scripts/compare_models.py --data colours
 
 bench: setup
 	$(RUN) benchmarks/train_throughput.py

@@ -11,13 +11,13 @@ softmax over the 36 regions) with its own W_a, trained with the plain hinge rank
   --config configs/attention_per_label_digits.py:smoke=True   tiny sizes for tests
 """
 
-from mlzsl_jax.config_base import digits_demo_config, parse_arg
+from mlzsl_jax.config_base import demo_config, parse_arg
 from mlzsl_jax.models import attention_per_label
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, smoke=False)
-  c = digits_demo_config(smoke=args.smoke)
+  args = parse_arg(arg, smoke=False, data="mosaic")
+  c = demo_config(args.data, smoke=args.smoke)
   c.model = attention_per_label.model_config()
   c.model.conv_channels = 64  # as configs/lesa_digits.py (official 512 on 512-d VGG regions)
   c.model.share_projection = False  # a separate W_a for the attention

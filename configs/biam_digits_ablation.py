@@ -1,4 +1,9 @@
-"""BiAM ablations on digits_mosaic, in the shape of the BiAM paper's ablation tables.
+"""BiAM ablations on the demo data, in the shape of the BiAM paper's ablation tables.
+
+``data=colours`` (colour_digits, the demo): context_* as below; pool_top3 / pool_mean: the
+image score = the mean of the top 3 region scores or of all 9, against the default top-1 (an
+object is one region). Every run also scores the test scenes where binding is needed
+(``report --split test_binding``). ``data=mosaic`` (default, digits_mosaic):
 
 Base: configs/biam_digits.py (the demo: same data, split, epochs, seed). Sweep points:
   context_both / context_region / context_scene / context_none: the module ablation (BiAM;
@@ -26,12 +31,24 @@ from mlzsl_jax.config_base import parse_arg
 from mlzsl_jax.sweep import load_config_module
 
 
+def _args(arg: str | None):
+  return parse_arg(arg, smoke=False, sweep="all", seeds="", data="mosaic")
+
+
 def get_config(arg: str | None = None):
   """The demo's config (configs/biam_digits.py), the base of every point."""
-  args = parse_arg(arg, smoke=False, sweep="all", seeds="")
+  args = _args(arg)
   demo, _ = load_config_module(os.path.join(os.path.dirname(__file__), "biam_digits.py"))
-  return demo.get_config(f"smoke={args.smoke}")
+  return demo.get_config(f"smoke={args.smoke},data={args.data}")
 
+
+COLOUR_GROUPS = {
+    "context": None,  # the same points as on the mosaic (GROUPS["context"])
+    "pooling": {
+        "pool_top3": {"model.top_k": 3},
+        "pool_mean": {"model.top_k": 9},
+    },
+}
 
 GROUPS = {
     "context": {
@@ -55,11 +72,13 @@ GROUPS = {
 def get_sweep(arg: str | None = None):
   """{point name: overrides}; ``sweep=all`` or one group of GROUPS; ``seeds=a/b/c``: each
   point once per seed (``<name>_s<seed>`` for all but the first seed)."""
-  args = parse_arg(arg, smoke=False, sweep="all", seeds="")
-  if args.sweep != "all" and args.sweep not in GROUPS:
+  args = _args(arg)
+  known = ({k: v or GROUPS[k] for k, v in COLOUR_GROUPS.items()} if args.data == "colours"
+           else GROUPS)
+  if args.sweep != "all" and args.sweep not in known:
     raise ValueError(f"config argument sweep={args.sweep!r}: expected 'all' or one of "
-                     f"{sorted(GROUPS)}")
-  groups = GROUPS if args.sweep == "all" else {args.sweep: GROUPS[args.sweep]}
+                     f"{sorted(known)}")
+  groups = known if args.sweep == "all" else {args.sweep: known[args.sweep]}
   points = {name: overrides for group in groups.values() for name, overrides in group.items()}
   if not args.seeds:
     return points

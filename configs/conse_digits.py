@@ -9,13 +9,13 @@ on a development instance (data.seed=1, its own pools), not on the test mosaics.
   --config configs/conse_digits.py:smoke=True   tiny sizes for tests
 """
 
-from mlzsl_jax.config_base import digits_demo_config, parse_arg
+from mlzsl_jax.config_base import demo_config, parse_arg
 from mlzsl_jax.models import conse
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, smoke=False)
-  c = digits_demo_config(smoke=args.smoke)
+  args = parse_arg(arg, smoke=False, data="mosaic")
+  c = demo_config(args.data, smoke=args.smoke)
   c.model = conse.model_config()
   c.loss = conse.loss_config()  # softmax cross-entropy, target spread over the positives
   c.model.num_seen = len(c.data.seen_labels)  # the classifier's outputs

@@ -18,14 +18,18 @@ description per digit (`description_tokens`).
       --workdir workdirs/dem_fusion
 """
 
-from mlzsl_jax.config_base import digits_demo_config, parse_arg
+from mlzsl_jax.config_base import demo_config, parse_arg
 from mlzsl_jax.data import attributes
 from mlzsl_jax.models import dem
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, smoke=False, single_label=False, variant="single", words=False)
-  c = digits_demo_config(smoke=args.smoke, single_digit=args.single_label)
+  args = parse_arg(arg, smoke=False, single_label=False, variant="single", words=False,
+                   data="mosaic")
+  c = demo_config(args.data, smoke=args.smoke, single_digit=args.single_label)
+  if args.data == "colours" and args.variant != "single":
+    raise ValueError(f"config argument variant={args.variant!r}: the fusion and text variants "
+                     "use digits_mosaic's label sources; use data=mosaic")
   c.model = dem.model_config()
   c.loss = dem.loss_config()
   c.model.variant = args.variant
@@ -33,7 +37,8 @@ def get_config(arg: str | None = None):
   # (85 -> 300 -> 1024 on old AwA); here 7..15 -> 128 -> 16 (mosaic regions) or 64 (digits).
   c.model.hidden = 128
   c.model.l2_lambda = 1e-3  # AwA GBU value
-  c.data.embedding = "seven_segment" if args.single_label else "attributes"
+  if args.data == "mosaic":
+    c.data.embedding = "seven_segment" if args.single_label else "attributes"
   if args.variant == "fusion":
     second = "sentence" if args.words else "strokes"
     c.model.fusion_sources = ("seven_segment", second)

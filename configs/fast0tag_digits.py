@@ -10,13 +10,13 @@ the test mosaics of data.seed=0.
   --config configs/fast0tag_digits.py:smoke=True   tiny sizes for tests
 """
 
-from mlzsl_jax.config_base import digits_demo_config, parse_arg
+from mlzsl_jax.config_base import demo_config, parse_arg
 from mlzsl_jax.models import fast0tag
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, smoke=False)
-  c = digits_demo_config(smoke=args.smoke)
+  args = parse_arg(arg, smoke=False, data="mosaic")
+  c = demo_config(args.data, smoke=args.smoke)
   c.model = fast0tag.model_config()
   c.loss = fast0tag.loss_config()  # 'ranknet', the paper's loss ('ranking': LESA's row)
   # The paper's net (4096-d fc7 -> 8192 -> 2048 -> 300) scaled to a 16-d pooled feature and

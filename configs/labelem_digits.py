@@ -9,13 +9,13 @@ the test mosaics.
   --config configs/labelem_digits.py:smoke=True   tiny sizes for tests
 """
 
-from mlzsl_jax.config_base import digits_demo_config, parse_arg
+from mlzsl_jax.config_base import demo_config, parse_arg
 from mlzsl_jax.models import labelem
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, smoke=False)
-  c = digits_demo_config(smoke=args.smoke)
+  args = parse_arg(arg, smoke=False, data="mosaic")
+  c = demo_config(args.data, smoke=args.smoke)
   c.model = labelem.model_config()
   c.loss = labelem.loss_config()  # 'wsabie' (ALE's rank-weighted hinge), margin 1
   # Dev instance (data.seed=1), GZSL / ZSL mAP: mean pooling 49.3 / 33.1, max 35.9 / 29.5;

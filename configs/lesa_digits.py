@@ -15,13 +15,13 @@ sees 8x8 pixels, one digit's size.
   --config configs/lesa_digits.py:smoke=True   tiny sizes for tests
 """
 
-from mlzsl_jax.config_base import digits_demo_config, parse_arg
+from mlzsl_jax.config_base import demo_config, parse_arg
 from mlzsl_jax.models import lesa
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, smoke=False)
-  c = digits_demo_config(smoke=args.smoke)
+  args = parse_arg(arg, smoke=False, data="mosaic")
+  c = demo_config(args.data, smoke=args.smoke)
   c.model = lesa.model_config()
   c.model.conv_channels = 64  # see above; official 512 on 512-d VGG regions
   c.model.num_modules = 10  # official T

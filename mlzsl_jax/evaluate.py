@@ -202,17 +202,24 @@ def report(result: dict, config, workdir: str, step: int, *, trained_to_end: boo
   """
   table = result["table"]
   scene = SCENE_SOURCES.get(config.model.get("scene_source", ""), "")
+  splits = result.get("splits", {})
   if jax.process_index() == 0:
     print(f"\n{config.model.name} on {config.data.name} ({config.data.test_split}, "
           f"{result['num_images']} images; ZSL = {len(config.data.unseen_labels)} unseen "
           f"labels, GZSL = {len(config.data.seen_labels) + len(config.data.unseen_labels)} "
           f"labels), step {step}; {scene + '; ' if scene else ''}"
           f"label embeddings: {config.data.embedding!r}\n{table}\n", flush=True)
+    for name, extra in splits.items():
+      print(f"the same on split {name!r} ({extra['num_images']} images):\n{extra['table']}\n",
+            flush=True)
     path = os.path.join(workdir, "results.json")
     with open(path + ".tmp", "w") as f:
       json.dump({"step": step, "trained_to_end": trained_to_end,
                  "config": json.loads(config.to_json_best_effort()),
                  **{k: result[k] for k in ("zsl", "gzsl", "chance", "num_images")},
+                 "splits": {name: {k: extra[k] for k in ("zsl", "gzsl", "chance",
+                                                          "num_images")}
+                            for name, extra in splits.items()},
                  "protocol": config.eval.protocol, "eval_seconds": result["eval_seconds"],
                  "train_seconds": train_seconds,
                  "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},

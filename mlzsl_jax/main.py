@@ -2,7 +2,8 @@
 
 Commands: train, evaluate [--checkpoint=latest|best|STEP] [--init_from=OFFICIAL_WEIGHTS],
 reproduce (the config file's get_phases() in order, e.g. select on val20 then fine-tune, and
-one final table), prepare (build the dataset),
+one final table), predict --inputs=IMAGES --labels=NAMES (top-K of any label names the
+embedding source can embed, with region-map PNGs), prepare (build the dataset),
 convert --init_from=OFFICIAL_WEIGHTS (into the workdir's checkpoint of step 0),
 sweep (every point of the config file's get_sweep(), or --launcher=local|slurm|tpu_pod to
 print one launch command per point), plots (PNG figures of a trained workdir),
@@ -46,8 +47,17 @@ _INIT_FROM = flags.DEFINE_string(
 
 
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "latest", "evaluate: which checkpoint of the workdir: 'latest', 'best' "
-    "(selected on the validation split) or a step number.")
+    "checkpoint", "latest", "evaluate / predict: which checkpoint of the workdir: 'latest', "
+    "'best' (selected on the validation split) or a step number.")
+
+
+_INPUTS = flags.DEFINE_list("inputs", None, "predict: image files (PNG/JPEG of the dataset's "
+                            "kind) or .npy region-feature arrays [regions, dim].")
+_LABELS = flags.DEFINE_list("labels", None, "predict: label names to rank (any name the "
+                            "workdir's embedding source can embed; default: the dataset's).")
+_TOP_K = flags.DEFINE_integer("top_k", 5, "predict: labels shown per input.")
+_OUT_DIR = flags.DEFINE_string("out_dir", None, "predict: folder of the region-map PNGs "
+                               "(default WORKDIR/predict).")
 
 
 _LAUNCHER = flags.DEFINE_string(
@@ -121,6 +131,16 @@ def _sweep(config, workdir):
   print(f"report: python -m mlzsl_jax.main report {workdir}", flush=True)
 
 
+def _predict(config, workdir):
+  """Top-K of any label names for each input, and a region-map PNG per input."""
+  from mlzsl_jax import predict
+  for r in predict.predict(config, workdir, _INPUTS.value or [], _LABELS.value or [],
+                           top_k=_TOP_K.value, checkpoint=_CHECKPOINT.value,
+                           out_dir=_OUT_DIR.value):
+    tags = ", ".join(f"{name} {score:.2f}" for name, score in r["top"])
+    print(f"{r['input']}: {tags}" + (f"  [{r['figure']}]" if r["figure"] else ""), flush=True)
+
+
 def _plots(config, workdir):
   from mlzsl_jax import plots
   paths = plots.plot_workdir(config, workdir, examples=[int(i) for i in _EXAMPLES.value],
@@ -129,8 +149,8 @@ def _plots(config, workdir):
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "prepare": _prepare, "convert": _convert,
-            "sweep": _sweep, "plots": _plots, "reproduce": _reproduce}
-NEEDS_WORKDIR = {"train", "evaluate", "convert", "sweep", "plots", "reproduce"}
+            "sweep": _sweep, "plots": _plots, "reproduce": _reproduce, "predict": _predict}
+NEEDS_WORKDIR = {"train", "evaluate", "convert", "sweep", "plots", "reproduce", "predict"}
 
 
 def _unknown_override(argv: list[str]) -> str | None:

@@ -38,21 +38,7 @@ PHASES_FILE = "phases.json"
 
 def phase_overrides(config_spec: str) -> dict[str, dict[str, Any]]:
   """The config file's ``get_phases(arg)``, validated (names, dict of overrides)."""
-  module, arg = sweep.load_config_module(config_spec)
-  if not hasattr(module, "get_phases"):
-    raise ValueError(f"--config {config_spec!r}: the file defines no get_phases(arg); a "
-                     "phased config returns {phase name: {'field.path': value, ...}} in order")
-  raw = module.get_phases(arg)
-  if not isinstance(raw, dict) or not raw:
-    raise ValueError(f"{config_spec}: get_phases() must return a non-empty dict "
-                     f"{{name: {{field: value}}}}, got {type(raw).__name__}")
-  for name, overrides in raw.items():
-    if not isinstance(name, str) or not sweep._POINT_NAME.match(name):  # noqa: SLF001
-      raise ValueError(f"{config_spec}: phase name {name!r} must be a directory-safe name")
-    if not isinstance(overrides, dict):
-      raise ValueError(f"{config_spec}: phase {name!r}: overrides must be a dict "
-                       f"{{'field.path': value}}, got {type(overrides).__name__}")
-  return raw
+  return sweep.named_overrides(config_spec, "get_phases", "phase")[0]
 
 
 def plan(config_spec: str, base: ml_collections.ConfigDict, root: str

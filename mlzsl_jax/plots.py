@@ -115,13 +115,15 @@ def peak_cell(region_map: np.ndarray, grid_shape: tuple[int, int],
 
 
 def peak_hits(maps: np.ndarray, examples: Sequence[dict], label_ids: Sequence[int],
-              grid_shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
+              grid_shape: tuple[int, int], cells: tuple[int, int],
+              cell_key: str = "cell_digits") -> np.ndarray:
   """For each present label: does its region map peak on a cell holding that label?
 
   Args:
     maps: [examples, regions, len(label_ids)] region maps.
-    examples: dicts with 'labels' [all labels] states and 'cell_digits' [cells] (label id per
-      mosaic cell, -1 blank; row-major over ``cells``).
+    examples: dicts with 'labels' [all labels] states and ``cell_key`` [cells] (label id per
+      cell, -1 blank; row-major over ``cells``): 'cell_digits' (digits_mosaic) or
+      'cell_labels' (colour_digits).
     label_ids: the dataset label id of each map column.
 
   Returns:
@@ -131,7 +133,7 @@ def peak_hits(maps: np.ndarray, examples: Sequence[dict], label_ids: Sequence[in
   for e, (ex, m) in enumerate(zip(examples, maps)):
     for j, label in enumerate(label_ids):
       if ex["labels"][label] == 1:
-        out[e, j] = int(ex["cell_digits"][peak_cell(m[:, j], grid_shape, cells)] == label)
+        out[e, j] = int(ex[cell_key][peak_cell(m[:, j], grid_shape, cells)] == label)
   return out
 
 
@@ -309,12 +311,14 @@ def plot_workdir(config, workdir: str, examples: Sequence[int] = (0,),
           ex.get("image"), m.T[present], meta.grid_shape, [names[j] for j in present],
           titles, os.path.join(out_dir, f"region_map_{i}.png"),
           f"{config.model.name}: region maps of test example {i} (labels present)")
-    cells = tuple(config.data.get("cells", ()))
-    if localize and cells and "cell_digits" in exs[0]:
+    cells = tuple(config.data.get("cells", ()) or getattr(getattr(source, "params", None),
+                                                          "cells", ()))
+    cell_key = next((k for k in ("cell_digits", "cell_labels") if k in exs[0]), None)
+    if localize and cells and cell_key:
       first = test_examples(source, config.data.test_split,
                             range(min(localize, len(labels))))
       hits = peak_hits(example_region_maps(trainer, meta, state, first, ids), first, ids,
-                       meta.grid_shape, cells)
+                       meta.grid_shape, cells, cell_key)
       summary = {group: {"hits": int((part == 1).sum()), "present": int((part >= 0).sum())}
                  for group, part in (("seen", hits[:, :num_seen]),
                                      ("unseen", hits[:, num_seen:]))}

@@ -84,6 +84,18 @@ def _load_json(path: str) -> Any:
     raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
+def results_of_split(results: dict, split: str | None, path: str) -> dict:
+  """``results`` itself, or (``split``) its 'splits' entry of that name with the config and
+  step attached; ValueError names the file and the splits it has."""
+  if not split:
+    return results
+  have = results.get("splits", {})
+  if split not in have:
+    raise ValueError(f"{path}: no evaluation of split {split!r} (has {sorted(have)}; "
+                     "config field eval.extra_test_splits)")
+  return {**have[split], "config": results["config"], "step": results["step"]}
+
+
 def load_results(path: str) -> dict:
   """One results.json, checked to hold the ZSL and GZSL views (ValueError names the file)."""
   res = _load_json(path)
@@ -140,16 +152,17 @@ def _chance_row(results: Sequence[dict]) -> dict | None:
 
 
 def build_table(dirs: Sequence[str], metrics: Sequence[str] | None = None,
-                fields: Sequence[str] | None = None, aggregate: bool = False
-                ) -> tuple[list[str], list[list[Any]]]:
+                fields: Sequence[str] | None = None, aggregate: bool = False,
+                split: str | None = None) -> tuple[list[str], list[list[Any]]]:
   """(header, rows) of the report; metric values x100 as floats, missing ones None.
 
   With ``aggregate``, runs whose configs are equal but for ``seed`` become one row (named
   after its first run, a trailing ``_s<seed>`` dropped) whose metric cells are
-  ``(mean, std)`` pairs, followed by the run count ``n`` instead of the step.
+  ``(mean, std)`` pairs, followed by the run count ``n`` instead of the step. ``split``:
+  the evaluation of that extra split (results.json 'splits') instead of the test split.
   """
   found = find_results(dirs)
-  results = [load_results(path) for _, path in found]
+  results = [results_of_split(load_results(path), split, path) for _, path in found]
   metrics = list(metrics) if metrics else metric_columns(results)
   if fields is None:
     fields = _sweep_fields(dirs) or varying_fields(results)
@@ -244,10 +257,12 @@ def main(argv: Sequence[str]) -> str:
                       "(default: the sweep's override fields, else those that differ)")
   parser.add_argument("--aggregate", action="store_true", help="one row of mean ± std per "
                       "config over runs that differ only in seed")
+  parser.add_argument("--split", help="the table of this extra evaluated split (e.g. "
+                      "test_binding; config field eval.extra_test_splits)")
   args = parser.parse_args(list(argv))
   split = lambda s: [x for x in s.split(",") if x] if s is not None else None  # noqa: E731
   header, rows = build_table(args.dirs, split(args.metrics), split(args.fields),
-                             aggregate=args.aggregate)
+                             aggregate=args.aggregate, split=args.split)
   text = to_markdown(header, rows)
   print(f"values x100; mAP = official mean over all labels\n\n{text}", flush=True)
   if args.markdown:

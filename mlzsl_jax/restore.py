@@ -96,8 +96,11 @@ def restore_latest(config: ml_collections.ConfigDict, workdir: str):
 def evaluate(config: ml_collections.ConfigDict, workdir: str,
              checkpoint: str | int = "latest") -> dict:
   """Restores ``checkpoint`` of ``workdir`` and prints the evaluation table of the test split
-  (``results.json`` is written, with the step of the checkpoint evaluated)."""
+  and of each ``eval.extra_test_splits`` (``results.json`` is written, with the step of the
+  checkpoint evaluated)."""
   source, trainer, state, step = restore(config, workdir, checkpoint)
   result = evaluate_lib.evaluate_state(trainer, source, state, config)
+  result["splits"] = {s: evaluate_lib.evaluate_state(trainer, source, state, config, s)
+                      for s in config.eval.extra_test_splits}
   evaluate_lib.report(result, config, workdir, step)
   return result

@@ -54,25 +54,34 @@ def load_config_module(config_spec: str):
   return module, (arg or None)
 
 
+def named_overrides(config_spec: str, function: str, what: str
+                    ) -> tuple[dict[str, dict[str, Any]], Any, str | None]:
+  """(``{name: overrides}`` of the config file's ``function(arg)``, the module, arg), with
+  names and override dicts validated (``what``: 'sweep point' / 'phase', for the errors)."""
+  module, arg = load_config_module(config_spec)
+  if not hasattr(module, function):
+    raise ValueError(f"--config {config_spec!r}: the file defines no {function}(arg); it "
+                     "returns {name: {'field.path': value, ...}}")
+  raw = getattr(module, function)(arg)
+  if not isinstance(raw, dict) or not raw:
+    raise ValueError(f"{config_spec}: {function}() must return a non-empty dict "
+                     f"{{name: {{field: value}}}}, got {type(raw).__name__}")
+  for name, overrides in raw.items():
+    if not isinstance(name, str) or not _POINT_NAME.match(name):
+      raise ValueError(f"{config_spec}: {what} name {name!r} must be a directory-safe "
+                       "name (letters, digits, _ . + = -)")
+    if not isinstance(overrides, dict):
+      raise ValueError(f"{config_spec}: {what} {name!r}: overrides must be a dict "
+                       f"{{'field.path': value}}, got {type(overrides).__name__}")
+  return raw, module, arg
+
+
 def sweep_points(config_spec: str) -> list[Point]:
   """The points of the config file's ``get_sweep(arg)``, validated (names, override keys)."""
-  module, arg = load_config_module(config_spec)
-  if not hasattr(module, "get_sweep"):
-    raise ValueError(f"--config {config_spec!r}: the file defines no get_sweep(arg); a sweep "
-                     "config returns {point name: {'field.path': value, ...}}")
-  raw = module.get_sweep(arg)
-  if not isinstance(raw, dict) or not raw:
-    raise ValueError(f"{config_spec}: get_sweep() must return a non-empty dict "
-                     f"{{name: {{field: value}}}}, got {type(raw).__name__}")
+  raw, module, arg = named_overrides(config_spec, "get_sweep", "sweep point")
   base = module.get_config(arg)
   points = []
   for name, overrides in raw.items():
-    if not isinstance(name, str) or not _POINT_NAME.match(name):
-      raise ValueError(f"{config_spec}: sweep point name {name!r} must be a directory-safe "
-                       "name (letters, digits, _ . + = -)")
-    if not isinstance(overrides, dict):
-      raise ValueError(f"{config_spec}: sweep point {name!r}: overrides must be a dict "
-                       f"{{'field.path': value}}, got {type(overrides).__name__}")
     point = Point(name, dict(overrides))
     apply_overrides(base, point.overrides, where=f"{config_spec} sweep point {name!r}")
     points.append(point)

@@ -477,13 +477,19 @@ class ScheduledEvaluations:
     return self.best_mngr.restore(
         step, args=ocp.args.StandardRestore(self.trainer.abstract_state())), step
 
-  def evaluate_test(self, state: TrainState, step: int, checkpoint: str) -> dict:
+  def evaluate_test(self, state: TrainState, step: int, checkpoint: str,
+                    extra_splits: bool = False) -> dict:
     """The test-split evaluation of ``checkpoint`` ('latest' = ``state``, 'best'): the
-    result dict of ``evaluate.evaluate_state`` plus 'params_step' and 'checkpoint'."""
+    result dict of ``evaluate.evaluate_state`` plus 'params_step' and 'checkpoint', and with
+    ``extra_splits`` the same for each split of ``eval.extra_test_splits`` under 'splits'."""
     if checkpoint == "best":
       state, step = self.best_state()
     result = evaluate.evaluate_state(self.trainer, self.source, state, self.config)
     result["params_step"], result["checkpoint"] = step, checkpoint
+    if extra_splits:
+      result["splits"] = {s: evaluate.evaluate_state(self.trainer, self.source, state,
+                                                     self.config, s)
+                          for s in self.config.eval.extra_test_splits}
     return result
 
   def record_test(self, step: int, result: dict) -> None:
@@ -686,7 +692,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     mngr.wait_until_finished()
     state = evals.run(total_steps, state, tests=False)
     # The final evaluation: each of eval.test_checkpoint; results.json holds the first.
-    results = [evals.evaluate_test(state, total_steps, c) for c in evals.test_checkpoints]
+    results = [evals.evaluate_test(state, total_steps, c, extra_splits=i == 0)
+               for i, c in enumerate(evals.test_checkpoints)]
     for result in results:
       evals.record_test(total_steps, result)
     result = results[0]

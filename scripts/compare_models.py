@@ -1,8 +1,10 @@
-"""Trains every model on digits_mosaic and prints one comparison table (the LESA paper's
+"""Trains every model on the demo data and prints one comparison table (the LESA paper's
 table shape: a row per model; ZSL and GZSL; P/R/F1@K and mAP).
 
-  .venv/bin/python scripts/compare_models.py [--models biam lesa ...] [--workdir workdirs/compare]
-      [--seed 3483] [-- extra --config.x=y overrides for every model]
+  .venv/bin/python scripts/compare_models.py [--data colours|mosaic] [--models biam lesa ...]
+      [--workdir workdirs/compare_<data>] [--seed 3483] [-- extra --config.x=y overrides]
+
+``--data colours`` also prints the table of the test scenes where binding is needed.
 
 Each model trains from `configs/<model>_digits.py` in `<workdir>/<model>`; a finished run is
 not retrained (its checkpoint is restored and evaluated again). The table is read from the
@@ -26,28 +28,35 @@ DEFAULT_MODELS = ("biam", "lesa", "attention_per_label", "fast0tag", "conse", "l
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS))
-  parser.add_argument("--workdir", default="workdirs/compare")
+  parser.add_argument("--data", default="mosaic", choices=("colours", "mosaic"))
+  parser.add_argument("--workdir", default=None, help="default workdirs/compare_<data>")
   parser.add_argument("--seed", type=int, default=3483)
   parser.add_argument("overrides", nargs="*", help="extra --config.x=y flags for every model")
   args = parser.parse_args()
+  args.workdir = args.workdir or f"workdirs/compare_{args.data}"
   workdirs = []
   for model in args.models:
     config = ROOT / "configs" / f"{model}_digits.py"
     if not config.exists():
       raise SystemExit(f"--models: no config {config.relative_to(ROOT)} for model {model!r}")
     workdir = Path(args.workdir) / model
-    cmd = [sys.executable, "-m", "mlzsl_jax.main", "train", f"--config={config}",
+    cmd = [sys.executable, "-m", "mlzsl_jax.main", "train", f"--config={config}:data={args.data}",
            f"--workdir={workdir}", f"--config.seed={args.seed}", *args.overrides]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     workdirs.append(str(ROOT / workdir))
   # One row per model (the workdir's name), the papers' column order, then the chance row.
-  header, rows = report.build_table(workdirs, fields=[])
-  header, rows = ["Model", *header[1:-1]], [row[:-1] for row in rows]  # no step column
   first = json.loads((Path(workdirs[0]) / "results.json").read_text())
-  text = (f"digits_mosaic test split, {first['num_images']} images, seed {args.seed}; "
-          f"mAP = official (labels without positives count 0); values x100\n\n"
-          + report.to_markdown(header, rows))
+  dataset = first["config"]["data"]["name"]
+  text = ""
+  for split in [None, *first.get("splits", {})]:
+    header, rows = report.build_table(workdirs, fields=[], split=split)
+    header, rows = ["Model", *header[1:-1]], [row[:-1] for row in rows]  # no step column
+    images = first["splits"][split]["num_images"] if split else first["num_images"]
+    text += (f"{dataset} {split or 'test'} split, {images} images, seed {args.seed}; "
+             f"mAP = official (labels without positives count 0); values x100\n\n"
+             + report.to_markdown(header, rows) + "\n\n")
+  text = text.rstrip()
   print("\n" + text)
   (ROOT / args.workdir / "comparison.md").write_text(text + "\n")
 

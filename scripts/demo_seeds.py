@@ -44,17 +44,25 @@ def main():
     subprocess.run(cmd, cwd=ROOT, check=True)
     results.append(json.loads((ROOT / workdir / "results.json").read_text()))
   keys = [k for k in results[0]["zsl"] if k != "map_with_positives"]
+  rows = list(ROWS)
+  for split in results[0].get("splits", {}):  # e.g. colour_digits' test_binding
+    rows += [(f"ZSL {split}", f"splits/{split}/zsl"), (f"GZSL {split}", f"splits/{split}/gzsl"),
+             (f"ZSL {split} chance", f"splits/{split}/chance/zsl"),
+             (f"GZSL {split} chance", f"splits/{split}/chance/gzsl")]
+  width = max(len(name) for name, _ in rows)
   print(f"\n{args.config}, seeds {args.seeds}: mean +- std (x100) over {len(results)} runs")
-  print("Setting      " + "  ".join(f"{k:>12}" for k in keys))
-  for name, path in ROWS:
+  print(f"{'Setting':<{width}} " + "  ".join(f"{k:>12}" for k in keys))
+  for name, path in rows:
     cells = []
     for k in keys:
       v = 100 * np.array([lookup(r, path)[k] for r in results])
       cells.append(f"{v.mean():6.1f} +- {v.std(ddof=1) if len(v) > 1 else 0:3.1f}")
-    print(f"{name:<12} " + "  ".join(f"{c:>12}" for c in cells))
-  zsl = 100 * np.array([r["zsl"]["map"] for r in results])
-  chance = 100 * np.array([r["chance"]["zsl"]["map"] for r in results])
-  print(f"\nZSL mAP per seed: {np.round(zsl, 1).tolist()}; chance: {np.round(chance, 1).tolist()}")
+    print(f"{name:<{width}} " + "  ".join(f"{c:>12}" for c in cells))
+  for view in ("zsl", "gzsl"):
+    got = 100 * np.array([r[view]["map"] for r in results])
+    chance = 100 * np.array([r["chance"][view]["map"] for r in results])
+    print(f"\n{view.upper()} mAP per seed: {np.round(got, 1).tolist()}; chance: "
+          f"{np.round(chance, 1).tolist()}; ratio: {np.round(got / chance, 1).tolist()}")
 
 
 if __name__ == "__main__":

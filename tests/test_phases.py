@@ -6,6 +6,7 @@ with the same table as an uninterrupted one."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import pathlib
@@ -78,6 +79,23 @@ def _run(official, workdir, **kw) -> str | None:
 
 class Killed(Exception):
   """Stands for a kill: raised from inside training at a chosen moment."""
+
+
+@contextlib.contextmanager
+def killed_after_steps(monkeypatch, steps: int):
+  """Training dies (``Killed``) when it asks for its batch number ``steps`` + 1."""
+  real = train.pipeline.prefetch_to_device
+
+  def dying(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      if i == steps:
+        raise Killed()
+      yield batch
+  monkeypatch.setattr(train.pipeline, "prefetch_to_device", dying)
+  try:
+    yield
+  finally:
+    monkeypatch.setattr(train.pipeline, "prefetch_to_device", real)
 
 
 @pytest.fixture(scope="module")
@@ -198,17 +216,8 @@ def test_killed_inside_and_between_phases_ends_with_the_same_table(uninterrupted
   assert (workdir / "select" / "results.json").exists()
   assert not (workdir / "finetune").exists()
 
-  real_prefetch = train.pipeline.prefetch_to_device
-
-  def die_after_7(*args, **kwargs):
-    for i, batch in enumerate(real_prefetch(*args, **kwargs)):
-      if i == 7:
-        raise Killed()
-      yield batch
-  monkeypatch.setattr(train.pipeline, "prefetch_to_device", die_after_7)
-  with pytest.raises(Killed):
+  with killed_after_steps(monkeypatch, 7), pytest.raises(Killed):
     _run(official, workdir)
-  monkeypatch.setattr(train.pipeline, "prefetch_to_device", real_prefetch)
   assert _run(official, workdir).strip() == table.strip()
   for phase in ("select", "finetune"):
     assert (selection.EvalHistory(str(workdir / phase)).records
@@ -287,7 +296,6 @@ def test_val_plateau_lr_resumes_and_latest_best_tests(tmp_path, monkeypatch):
 
   config = _lesa_digits(tmp_path)
   ref = train.train_and_evaluate(config, str(tmp_path / "whole"))
-  values = [scripted[s] for s in sorted(scripted)]
   for step in range(13):  # the rate step s trains with follows the validations before it
     done = [scripted[v] for v in sorted(scripted) if v <= step]
     want = selection.plateau_learning_rate(done, 1e-3, signal=0.5, patience=1, decay=0.5,
@@ -307,20 +315,11 @@ def test_val_plateau_lr_resumes_and_latest_best_tests(tmp_path, monkeypatch):
   for x, y in zip(jax.tree.leaves(best), jax.tree.leaves(same)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   assert json.loads((tmp_path / "whole" / "results.json").read_text())["step"] == 13
-  del values, ref
+  del ref
 
   # killed after step 7 (last checkpoint: 6, forced by the validation there), then resumed
-  real_prefetch = train.pipeline.prefetch_to_device
-
-  def die_after_7(*args, **kwargs):
-    for i, batch in enumerate(real_prefetch(*args, **kwargs)):
-      if i == 7:
-        raise Killed()
-      yield batch
-  monkeypatch.setattr(train.pipeline, "prefetch_to_device", die_after_7)
-  with pytest.raises(Killed):
+  with killed_after_steps(monkeypatch, 7), pytest.raises(Killed):
     train.train_and_evaluate(config, str(tmp_path / "killed"))
-  monkeypatch.setattr(train.pipeline, "prefetch_to_device", real_prefetch)
   whole_lrs = dict(lrs)
   lrs.clear()
   train.train_and_evaluate(config, str(tmp_path / "killed"))

@@ -1,6 +1,7 @@
-"""Datasets: importing this package registers the built-in ones (digits_mosaic, synthetic,
-xlsa17, nus_wide, open_images)."""
+"""Datasets: importing this package registers the built-in ones (colour_digits, digits_mosaic,
+synthetic, xlsa17, nus_wide, open_images)."""
 
+from mlzsl_jax.data import colour_digits  # noqa: F401  (registers "colour_digits")
 from mlzsl_jax.data import digits_mosaic  # noqa: F401  (registers "digits_mosaic")
 from mlzsl_jax.data import nus_wide  # noqa: F401  (registers "nus_wide")
 from mlzsl_jax.data import open_images  # noqa: F401  (registers "open_images")
