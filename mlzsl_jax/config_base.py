@@ -68,6 +68,14 @@ def base_config() -> ml_collections.ConfigDict:
   # small N costs host/device overlap: 10 steps is far inside any preemption grace period.
   c.train.preemption_check_every_steps = 10
   c.train.profile_steps = (0, 0)  # (first, last) step to trace with jax.profiler; (0, 0) off
+  # A step whose loss, gradients or new parameters are not finite: 'stop' (exit non-zero,
+  # naming the step and the last good checkpoint) or 'skip' (drop that update; stop after
+  # max_consecutive_skips in a row). A non-finite state is never checkpointed.
+  c.train.on_nonfinite = "stop"
+  # Resuming a workdir whose config.json has other model / data / label-split fields is
+  # refused (naming them) unless this is True.
+  c.train.allow_config_change = False
+  c.train.max_consecutive_skips = 10
   # Start (at step 0, with a fresh optimizer) from the parameters and BatchNorm statistics of
   # another run's checkpoint: 'DIR' (a checkpoint folder, e.g. WORKDIR/best: its latest step)
   # or 'DIR:STEP'. Used by fine-tune phases (mlzsl_jax/phases.py); ignored once this workdir

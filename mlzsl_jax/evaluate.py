@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from mlzsl_jax import errors
 from mlzsl_jax import metrics
 from mlzsl_jax import metrics_device
 from mlzsl_jax import metrics_open_images
@@ -142,12 +143,24 @@ def evaluate_state(trainer, source: DatasetSource, state, config, split_name: st
   the split ``split_name`` ('' = ``config.data.test_split``) under ``config.eval.protocol``."""
   t0 = time.perf_counter()
   zsl_scores, gzsl_scores, labels = collect_scores(trainer, source, state, config, split_name)
+  check_finite_scores(config, state, split_name or config.data.test_split,
+                      zsl_scores, gzsl_scores)
   protocol = PROTOCOLS.get(config.eval.protocol)
   result, table = protocol(zsl_scores, gzsl_scores, labels, len(trainer.split.seen), config)
   result["table"] = table
   result["num_images"] = int(len(labels))
   result["eval_seconds"] = time.perf_counter() - t0
   return result
+
+
+def check_finite_scores(config, state, split: str, *scores: np.ndarray) -> None:
+  """``errors.NonFiniteError`` naming the model and step when any score is NaN / inf."""
+  bad = sum(int(np.size(x) - np.count_nonzero(np.isfinite(x))) for x in scores)
+  if bad:
+    raise errors.NonFiniteError(
+        f"{config.model.name} at step {int(state.step)} produced {bad} non-finite (NaN/inf) "
+        f"scores on split {split!r}: its parameters are not finite; evaluate an earlier "
+        "checkpoint (--checkpoint=STEP) or retrain with a lower optimizer.lr")
 
 
 def validation_views(trainer, source: DatasetSource, state, config, split_name: str
@@ -159,6 +172,7 @@ def validation_views(trainer, source: DatasetSource, state, config, split_name: 
   view {"map", "map_with_positives", "p@k", "r@k", "f1@k"} for k in ``eval.ks``.
   """
   zsl_scores, gzsl_scores, labels = collect_scores(trainer, source, state, config, split_name)
+  check_finite_scores(config, state, split_name, zsl_scores, gzsl_scores)
   num_seen = len(trainer.split.seen)
   ks = tuple(config.eval.ks)
   exclude = config.eval.exclude_images_without_positive

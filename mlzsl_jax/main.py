@@ -200,7 +200,11 @@ def main(argv):
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          cpu_collectives=True)
   print(distributed.describe(), flush=True)
-  COMMANDS[argv[1]](_CONFIG.value, _WORKDIR.value)
+  from mlzsl_jax import errors
+  try:
+    COMMANDS[argv[1]](_CONFIG.value, _WORKDIR.value)
+  except errors.NonFiniteError as e:  # one line, no traceback, exit status 1
+    raise SystemExit(f"error: {e}") from None
 
 
 def _extract_main(argv: list[str]):

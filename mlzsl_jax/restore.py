@@ -7,7 +7,6 @@ neither of those imports the other.
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -22,22 +21,8 @@ from mlzsl_jax.data.source import get_dataset
 
 
 def _config_differences(config, workdir: str) -> list[str]:
-  """Model / data / label fields where ``workdir/config.json`` (written by training) and
-  ``config`` disagree: evaluating a checkpoint with another split or model is a mistake."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    trained = json.load(f)
-  now = json.loads(config.to_json_best_effort())
-  out = []
-  for block in ("model", "data"):
-    for key in sorted(set(trained.get(block, {})) | set(now.get(block, {}))):
-      if (key not in ("data_dir", "manual_dir", "scene_weights")
-          and trained.get(block, {}).get(key) != now.get(block, {}).get(key)):
-        out.append(f"{block}.{key}: trained with {trained.get(block, {}).get(key)!r}, "
-                   f"now {now.get(block, {}).get(key)!r}")
-  return out
+  """``train.config_differences`` (kept here for callers of the old name)."""
+  return train.config_differences(config, workdir)
 
 
 def checkpoint_step(workdir: str, config, checkpoint: str | int = "latest"

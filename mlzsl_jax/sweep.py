@@ -202,6 +202,19 @@ def plan(config_spec: str, base: ml_collections.ConfigDict, root: str,
   return out
 
 
+def set_aside_if_changed(workdir: str, config: ml_collections.ConfigDict) -> str | None:
+  """A point whose workdir was trained with other model / data fields must not resume it:
+  the folder is renamed ``<workdir>.replaced<k>`` (nothing is deleted); returns that name."""
+  from mlzsl_jax import train  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(workdir) or not train.config_differences(config, workdir):
+    return None
+  k = 1
+  while os.path.exists(f"{workdir}.replaced{k}"):
+    k += 1
+  os.rename(workdir, f"{workdir}.replaced{k}")
+  return f"{workdir}.replaced{k}"
+
+
 def run_sweep(config_spec: str, base: ml_collections.ConfigDict, root: str, *,
               train_fn: Callable[[ml_collections.ConfigDict, str], Any] | None = None,
               only: list[str] | None = None, log: Callable[[str], None] = print
@@ -232,6 +245,10 @@ def run_sweep(config_spec: str, base: ml_collections.ConfigDict, root: str, *,
       status[point.name] = "skipped"
       continue
     log(f"[{i}/{len(todo)}] {point.name}: {point.overrides or '(base config)'} -> {workdir}")
+    moved = set_aside_if_changed(workdir, config)
+    if moved:
+      log(f"[{i}/{len(todo)}] {point.name}: its model / data fields changed; the earlier run "
+          f"was moved to {moved} and the point starts afresh")
     t0 = time.perf_counter()
     try:
       train_fn(config, workdir)

@@ -8,6 +8,7 @@ end, and returns the final metrics.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -28,6 +29,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from mlzsl_jax import distributed
+from mlzsl_jax import errors
 from mlzsl_jax import evaluate
 from mlzsl_jax import losses
 from mlzsl_jax import selection
@@ -65,6 +67,40 @@ def ensure_workdir(workdir: str) -> str:
     raise PermissionError(f"--workdir {workdir!r}: cannot create or write to it "
                           f"({e.strerror or e}); choose a writable directory") from e
   return workdir
+
+
+# Fields that say where files are, not what is trained: they may change between runs.
+LOCATION_FIELDS = ("data_dir", "manual_dir", "scene_weights")
+
+
+def config_differences(config, workdir: str) -> list[str]:
+  """'block.field: trained with X, now Y' for every model / data field (the label split is
+  data.seen_labels / data.unseen_labels) where ``workdir/config.json`` (written by training)
+  and ``config`` disagree; fields one side lacks (older versions) and file locations are not
+  compared."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    trained = json.load(f)
+  now = json.loads(config.to_json_best_effort())
+  out = []
+  for block in ("model", "data"):
+    a, b = trained.get(block, {}), now.get(block, {})
+    for key in [k for k in b if k in a and k not in LOCATION_FIELDS]:
+      if a[key] != b[key]:
+        out.append(f"{block}.{key}: trained with {a[key]!r}, now {b[key]!r}")
+  return out
+
+
+def check_resume_config(config, workdir: str, resuming: bool) -> None:
+  """Resuming a workdir trained with other model / data / label-split fields is a
+  ValueError naming them, unless ``train.allow_config_change``."""
+  diffs = config_differences(config, workdir) if resuming else []
+  if diffs and not config.train.allow_config_change:
+    raise ValueError(f"--workdir {workdir!r} holds checkpoints trained with another config: "
+                     + "; ".join(diffs) + ". Use a new workdir, or set "
+                     "--config.train.allow_config_change=True to resume anyway")
 
 
 def label_split(config: ml_collections.ConfigDict, meta: DatasetMeta) -> LabelSplit:
@@ -281,9 +317,18 @@ class Trainer:
         state.params)
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    # On the device, fetched with the other metrics: loss, gradients and new parameters all
+    # finite. 'skip' keeps the old state where they are not (NonFiniteGuard counts them).
+    finite = jnp.isfinite(loss) & all_finite(grads) & all_finite(params)
+    if self.config.train.on_nonfinite == "skip":
+      keep = lambda new, old: jax.tree.map(  # noqa: E731
+          lambda a, b: jnp.where(finite, a, b), new, old)
+      params, opt_state = keep(params, state.params), keep(opt_state, state.opt_state)
+      model_state = keep(model_state, state.model_state)
     lr = adaptive_lr(state.opt_state)
     metrics = {"loss": loss, "lr": self.schedule(state.step) if lr is None else lr,
-               "grad_norm": optax.tree.norm(grads), **aux}
+               "grad_norm": optax.tree.norm(grads), "finite": finite.astype(jnp.float32),
+               **aux}
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state)
     return new_state, metrics
@@ -294,6 +339,65 @@ class Trainer:
     with jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
       return tuple(model(batch["features"], e, batch.get("scene"), train=False)["scores"]
                    for e in label_embs)
+
+
+def all_finite(tree) -> jax.Array:
+  """[] bool: every element of every leaf of ``tree`` is finite (no overflowing norm)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteGuard:
+  """Host side of ``train.on_nonfinite``: reads the per-step 'finite' flags fetched with the
+  metrics, before any checkpoint is written. 'stop': the first non-finite step ends training
+  (``NonFiniteError``) and nothing after it is saved. 'skip': the device dropped that update;
+  counted, and ``train.max_consecutive_skips`` of them in a row end training."""
+
+  def __init__(self, config, mngr: ocp.CheckpointManager):
+    self.policy = config.train.on_nonfinite
+    if self.policy not in NONFINITE_POLICIES:
+      raise ValueError(f"config field train.on_nonfinite={self.policy!r}: expected one of "
+                       f"{NONFINITE_POLICIES}")
+    self.max_in_a_row = int(config.train.max_consecutive_skips)
+    if self.max_in_a_row < 1:
+      raise ValueError(f"config field train.max_consecutive_skips={self.max_in_a_row}: "
+                       "expected >= 1")
+    self.config, self.mngr = config, mngr
+    self.skipped, self.in_a_row = 0, 0
+
+  def _hint(self) -> str:
+    c = self.config
+    return (f"try a lower optimizer.lr (now {c.optimizer.lr:g})"
+            + (f", dtype='float32' (now {c.dtype!r})" if c.dtype != "float32" else "")
+            + (", or train.on_nonfinite='skip' to drop such updates"
+               if self.policy == "stop" else ""))
+
+  def _stop(self, what: str) -> None:
+    self.mngr.wait_until_finished()
+    last = self.mngr.latest_step()
+    where = (f"the last good checkpoint is step {last} in {self.mngr.directory} (nothing "
+             "non-finite was saved)" if last is not None else "no checkpoint had been saved")
+    raise errors.NonFiniteError(f"training stopped: {what}; {where}; {self._hint()}")
+
+  def observe(self, host_metrics: list[dict], first_step: int) -> None:
+    """``host_metrics``: fetched metrics of steps ``first_step``, ``first_step + 1``, ..."""
+    for i, m in enumerate(host_metrics):
+      if float(m["finite"]) >= 1.0:
+        self.in_a_row = 0
+        continue
+      step = first_step + i
+      if self.policy == "stop":
+        self._stop(f"the loss or gradients became non-finite (NaN/inf) at step {step} "
+                   f"(loss {float(m['loss']):g})")
+      self.skipped += 1
+      self.in_a_row += 1
+      if self.in_a_row >= self.max_in_a_row:
+        self._stop(f"{self.in_a_row} updates in a row were non-finite and skipped (the last "
+                   f"at step {step}; {self.skipped} skipped in this run), "
+                   "train.max_consecutive_skips")
 
 
 BEST_DIR = "best"  # WORKDIR/best: the validation-selected checkpoint (one step kept)
@@ -407,6 +511,10 @@ class ScheduledEvaluations:
                        "eval.val_split and eval.val_epochs or eval.val_steps")
     self.history = selection.EvalHistory(workdir)
     self.best_mngr = best_checkpoint_manager(workdir) if self.val_steps else None
+
+  def scheduled(self, step: int) -> bool:
+    """A validation or test pass (and so a checkpoint) is due at ``step``."""
+    return step in self.val_steps or step in self.test_steps
 
   def _missing(self, step: int, tests: bool) -> tuple[bool, list[str]]:
     val = step in self.val_steps and self.history.get("val", step) is None
@@ -613,12 +721,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.train.num_steps:  # a length in steps (LESA counts iterations, not epochs)
     total_steps = int(config.train.num_steps)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
+  trainer = Trainer(config, meta, mesh, steps_per_epoch)
+  mngr = checkpoint_manager(workdir, config)
+  check_resume_config(config, workdir, resuming=mngr.latest_step() is not None)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-
-  trainer = Trainer(config, meta, mesh, steps_per_epoch)
-  mngr = checkpoint_manager(workdir, config)
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
   evals = ScheduledEvaluations(trainer, source, config, workdir, mngr, writer,
@@ -645,7 +753,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       trainer.batch_sharding, size=config.train.prefetch)
   emb_seen = jax.device_put(trainer.emb_seen, trainer.repl)
 
-  pending: list[dict] = []
+  pending: list[dict] = []  # metrics of steps not yet on the host
+  window: list[dict] = []  # on the host, not yet logged
+  guard = NonFiniteGuard(config, mngr)
   t_last, step_last = time.perf_counter(), start
   preemption = PreemptionWatch(config.train.preemption_check_every_steps)
   profile = ProfileWindow(config.train.profile_steps, os.path.join(workdir, "profile"))
@@ -658,10 +768,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       pending.append(metrics)
       done = step + 1
       profile.after(done, metrics)
-      if done % config.train.log_every_steps == 0 or done == total_steps:
-        host = jax.device_get(pending)  # the only host sync in the loop
+      log_due = done % config.train.log_every_steps == 0 or done == total_steps
+      stop = preemption.should_stop(done) and done != total_steps
+      # Metrics (and their 'finite' flags) reach the host at log steps and before anything
+      # is saved, so no non-finite state is ever written: the only host syncs in the loop.
+      if log_due or stop or mngr.should_save(done) or evals.scheduled(done) or (
+          config.train.eval_every_steps and done % config.train.eval_every_steps == 0):
+        host = jax.device_get(pending)
+        guard.observe(host, done - len(host) + 1)
+        window += host
         pending = []
+      if log_due:
+        host, window = window, []
         mean = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+        mean["skipped_updates"] = float(sum(m["finite"] < 1 for m in host))
         now = time.perf_counter()
         sps = (done - step_last) / max(now - t_last, 1e-9)
         t_last, step_last = now, done
@@ -669,11 +789,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         mean["images_per_sec"] = sps * config.train.batch_size
         writer.write_scalars(done, mean)
         if jax.process_index() == 0:
+          skipped = (f" ({mean['skipped_updates']:.0f} non-finite updates skipped)"
+                     if mean["skipped_updates"] else "")
           print(f"step {done}/{total_steps} (epoch {(done - 1) // steps_per_epoch + 1}) "
                 f"loss {mean['loss']:.4f} lr {mean['lr']:.2e} {sps:.1f} steps/s "
                 f"{mean['images_per_sec']:.0f} img/s "
-                f"ETA {_format_eta((total_steps - done) / sps)}", flush=True)
-      if preemption.should_stop(done) and done != total_steps:
+                f"ETA {_format_eta((total_steps - done) / sps)}{skipped}", flush=True)
+      if stop:
         mngr.save(done, args=ocp.args.StandardSave(state), force=True)
         mngr.wait_until_finished()
         writer.flush()
