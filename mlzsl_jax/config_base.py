@@ -181,6 +181,19 @@ def colour_demo_config(smoke: bool = False) -> ml_collections.ConfigDict:
   c.data.min_objects = 2
   c.data.max_objects = 4
   c.data.p_distractor = 0.7
+  _demo_training(c)
+  # 12 unseen labels and ~0.6 unseen objects per test scene: K = 1 and 3.
+  c.eval.ks = (1, 3)
+  # Also scored: the test scenes where binding is needed (a present label's colour and digit
+  # both occur on other objects too).
+  c.eval.extra_test_splits = ("test_binding",)
+  if smoke:
+    _demo_smoke(c)
+  return c
+
+
+def _demo_training(c: ml_collections.ConfigDict) -> None:
+  """The training-length block both demo datasets share."""
   c.train.batch_size = 32
   c.train.num_epochs = 10
   c.train.log_every_steps = 100
@@ -188,19 +201,16 @@ def colour_demo_config(smoke: bool = False) -> ml_collections.ConfigDict:
   c.optimizer.warmup_epochs = 1
   c.optimizer.lr_min = 1e-4
   c.eval.batch_size = 200
-  # 12 unseen labels and ~0.6 unseen objects per test scene: K = 1 and 3.
-  c.eval.ks = (1, 3)
-  # Also scored: the test scenes where binding is needed (a present label's colour and digit
-  # both occur on other objects too).
-  c.eval.extra_test_splits = ("test_binding",)
-  if smoke:
-    c.data.num_train = 256
-    c.data.num_test = 64
-    c.train.num_epochs = 2
-    c.train.log_every_steps = 4
-    c.train.checkpoint_every_steps = 4
-    c.eval.batch_size = 32
-  return c
+
+
+def _demo_smoke(c: ml_collections.ConfigDict) -> None:
+  """Tiny sizes for tests, both demo datasets."""
+  c.data.num_train = 256
+  c.data.num_test = 64
+  c.train.num_epochs = 2
+  c.train.log_every_steps = 4
+  c.train.checkpoint_every_steps = 4
+  c.eval.batch_size = 32
 
 
 def digits_demo_config(smoke: bool = False, single_digit: bool = False
@@ -231,13 +241,7 @@ def digits_demo_config(smoke: bool = False, single_digit: bool = False
   c.data.max_digits = 4
   # Classic zero-shot protocol: no unseen digit appears in any training image.
   c.data.train_without_unseen = True
-  c.train.batch_size = 32
-  c.train.num_epochs = 10
-  c.train.log_every_steps = 100
-  c.train.checkpoint_every_steps = 200
-  c.optimizer.warmup_epochs = 1
-  c.optimizer.lr_min = 1e-4
-  c.eval.batch_size = 200
+  _demo_training(c)
   # NUS-WIDE tables use K = 3 and 5; with only 3 unseen digits, K = 3 would predict every
   # unseen label (recall 1 by construction) and K = 5 is undefined, so the demo uses K = 1, 2.
   c.eval.ks = (1, 2)
@@ -247,10 +251,5 @@ def digits_demo_config(smoke: bool = False, single_digit: bool = False
     c.data.min_digits = c.data.max_digits = 1
     c.eval.protocol = "single_label"
   if smoke:
-    c.data.num_train = 256
-    c.data.num_test = 64
-    c.train.num_epochs = 2
-    c.train.log_every_steps = 4
-    c.train.checkpoint_every_steps = 4
-    c.eval.batch_size = 32
+    _demo_smoke(c)
   return c

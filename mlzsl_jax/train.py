@@ -97,6 +97,17 @@ def check_resume_config(config, workdir: str, resuming: bool) -> None:
   """Resuming a workdir trained with other model / data / label-split fields is a
   ValueError naming them, unless ``train.allow_config_change``."""
   diffs = config_differences(config, workdir) if resuming else []
+  path = os.path.join(workdir, "config.json")
+  if resuming and os.path.exists(path):
+    with open(path) as f:
+      trained = json.load(f).get("train", {}).get("batch_size")
+    if trained is not None and trained != config.train.batch_size:
+      # Steps per epoch, the learning-rate schedule and the data order follow the global
+      # batch: another one would not continue the same run (the device count may change).
+      raise ValueError(f"--workdir {workdir!r}: its checkpoints were trained with the global "
+                       f"train.batch_size={trained}, now {config.train.batch_size}; resume "
+                       f"with train.batch_size={trained} (any device or process count "
+                       "that divides it), or start a new workdir")
   if diffs and not config.train.allow_config_change:
     raise ValueError(f"--workdir {workdir!r} holds checkpoints trained with another config: "
                      + "; ".join(diffs) + ". Use a new workdir, or set "

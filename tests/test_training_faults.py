@@ -5,6 +5,7 @@ errors) and resuming a workdir with another config (refused, naming the fields).
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 import subprocess
 import sys
@@ -130,3 +131,51 @@ def test_cli_exits_non_zero_with_one_line(tmp_path, data_dir):
   assert out.returncode == 1
   assert "error: training stopped: the loss or gradients became non-finite" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def _killed_after(monkeypatch, steps: int):
+  real = train.pipeline.prefetch_to_device
+
+  def dying(*args, **kwargs):
+    for i, batch in enumerate(real(*args, **kwargs)):
+      if i == steps:
+        raise KeyboardInterrupt("killed")
+      yield batch
+  monkeypatch.setattr(train.pipeline, "prefetch_to_device", dying)
+  return real
+
+
+def test_resume_on_another_topology_and_refuse_another_batch(tmp_path, data_dir, monkeypatch):
+  """Checkpointed on 8 devices, resumed in a process that has 4 (same global batch, same
+  data order with data.process_split=batches): same step, same parameters as the
+  uninterrupted 8-device run (to float tolerance: the gradient sums run over 4 shards
+  instead of 8). Another global batch is refused."""
+  config = _config(data_dir)
+  config.data.process_split = "batches"
+  ref = _saved_params(_run_dir(config, tmp_path / "ref"))
+  real = _killed_after(monkeypatch, 7)
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(tmp_path / "w"))
+  monkeypatch.setattr(train.pipeline, "prefetch_to_device", real)
+  assert max(_saved_params(tmp_path / "w")) == 6
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  out = subprocess.run(
+      [sys.executable, "-m", "mlzsl_jax.main", "train", f"--config={CONFIG}:smoke=True",
+       f"--workdir={tmp_path / 'w'}", f"--config.data.data_dir={data_dir}",
+       "--config.data.process_split=batches", "--config.train.checkpoint_every_steps=2",
+       "--config.train.keep_checkpoints=20", "--config.train.log_every_steps=5"],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "resuming from checkpoint step 6" in out.stdout and "'data': 4" in out.stdout
+  got = _saved_params(tmp_path / "w")
+  assert max(got) == max(ref)
+  for a, b in zip(jax.tree.leaves(got[max(got)]), jax.tree.leaves(ref[max(ref)])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  other = sweep.apply_overrides(config, {"train.batch_size": 16})
+  with pytest.raises(ValueError, match=r"global train.batch_size=32, now 16"):
+    train.train_and_evaluate(other, str(tmp_path / "w"))
+
+
+def _run_dir(config, workdir):
+  train.train_and_evaluate(config, str(workdir))
+  return workdir

@@ -39,12 +39,10 @@ binding int8 [] (0 / 1).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.utils import tqdm_utils
 
 from mlzsl_jax.data import attributes
 from mlzsl_jax.data import digits_mosaic as dm
@@ -397,21 +395,9 @@ def params_from_config(data_config) -> SceneParams:
 
 def prepare(params: SceneParams, data_dir: str | None = None) -> ColourDigits:
   """Builder for ``params`` under ``data_dir``, generating the data the first time."""
-  data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
-  known = {c.name for c in ColourDigits.BUILDER_CONFIGS}
-  config = params.config_name if params.config_name in known else make_builder_config(params)
-  builder = ColourDigits(config=config, data_dir=data_dir)
-  if not builder.is_prepared():
-    print(f"colour_digits: building {params.num_train}+{params.num_test} scenes "
-          f"({params.config_name}) into {builder.data_dir}", flush=True)
-    bars = getattr(tqdm_utils, "_active", True)
-    tfds.display_progress_bar(False)
-    try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    finally:
-      tfds.display_progress_bar(bars)
-  return builder
+  return tfds_common.prepare_generated(
+      ColourDigits, params, make_builder_config, data_dir or DEFAULT_DATA_DIR,
+      f"colour_digits: building {params.num_train}+{params.num_test} scenes")
 
 
 @register_dataset("colour_digits")

@@ -34,12 +34,10 @@ so two parameter sets never share a directory under ``data_dir``.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from tensorflow_datasets.core.utils import tqdm_utils
 
 from mlzsl_jax.data import attributes
 from mlzsl_jax.data import tfds_common
@@ -442,22 +440,9 @@ class DigitsMosaicSource:
 
 def prepare(params: MosaicParams, data_dir: str | None = None) -> DigitsMosaic:
   """Builder for ``params`` under ``data_dir``, generating the data the first time."""
-  data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
-  # A parameter set that is a class config must be passed by name (tfds refuses a copy).
-  known = {c.name for c in DigitsMosaic.BUILDER_CONFIGS}
-  config = params.config_name if params.config_name in known else make_builder_config(params)
-  builder = DigitsMosaic(config=config, data_dir=data_dir)
-  if not builder.is_prepared():
-    print(f"digits_mosaic: building {params.num_train}+{params.num_test} mosaics "
-          f"({params.config_name}) into {builder.data_dir}", flush=True)
-    bars = getattr(tqdm_utils, "_active", True)
-    tfds.display_progress_bar(False)  # our one line instead of tfds' per-split bars
-    try:
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    finally:
-      tfds.display_progress_bar(bars)
-  return builder
+  return tfds_common.prepare_generated(
+      DigitsMosaic, params, make_builder_config, data_dir or DEFAULT_DATA_DIR,
+      f"digits_mosaic: building {params.num_train}+{params.num_test} mosaics")
 
 
 @register_dataset("digits_mosaic")

@@ -23,6 +23,28 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 
+def prepare_generated(builder_cls, params, make_config: Callable, data_dir: str,
+                      what: str):
+  """A code-generated dataset's builder for ``params`` (with ``config_name``) under
+  ``data_dir``, generating the data the first time, with one progress line (``what``)
+  instead of tfds' per-split bars. A parameter set that is a class config is passed by name
+  (tfds refuses a copy of it)."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=import-outside-toplevel
+  known = {c.name for c in builder_cls.BUILDER_CONFIGS}
+  config = params.config_name if params.config_name in known else make_config(params)
+  builder = builder_cls(config=config, data_dir=os.path.expanduser(data_dir))
+  if not builder.is_prepared():
+    print(f"{what} ({params.config_name}) into {builder.data_dir}", flush=True)
+    bars = getattr(tqdm_utils, "_active", True)
+    tfds.display_progress_bar(False)
+    try:
+      builder.download_and_prepare(
+          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    finally:
+      tfds.display_progress_bar(bars)
+  return builder
+
+
 class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A builder over files the user already has (or generates): nothing is downloaded."""
 
