@@ -28,7 +28,7 @@ demo-mosaic: setup
 	$(RUN) -m mlzsl_jax.main train --config configs/biam_digits.py --workdir workdirs/biam_digits
 
 test: setup
-	$(RUN) -m pytest -q tests
+	$(RUN) -m pytest -q tests --durations=15
 
 compare: setup
 	$(RUN) scripts/compare_models.py --data colours
