@@ -622,7 +622,9 @@ class ScheduledEvaluations:
     prefix = "test" if checkpoint == "latest" else f"test_{checkpoint}"
     self.writer.write_scalars(step, {f"{prefix}/{k}": v
                                      for k, v in evaluate.flatten(result).items()})
-    if jax.process_index() == 0:
+    # The final evaluation of the first test checkpoint is printed by evaluate.report.
+    final = step == self.total_steps and checkpoint == self.test_checkpoints[0]
+    if jax.process_index() == 0 and not final:
       which = (f"best checkpoint, step {result['params_step']}" if checkpoint == "best"
                else "current parameters")
       print(f"test ({self.config.data.test_split}) at step {step} (epoch "
