@@ -20,11 +20,6 @@ from mlzsl_jax import train
 from mlzsl_jax.data.source import get_dataset
 
 
-def _config_differences(config, workdir: str) -> list[str]:
-  """``train.config_differences`` (kept here for callers of the old name)."""
-  return train.config_differences(config, workdir)
-
-
 def checkpoint_step(workdir: str, config, checkpoint: str | int = "latest"
                     ) -> tuple[ocp.CheckpointManager, int]:
   """(manager, step) of ``checkpoint`` in ``workdir``: 'latest' (``checkpoints/``), 'best'
@@ -65,7 +60,7 @@ def restore(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | i
   mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
   trainer = train.Trainer(config, source.meta, mesh, steps_per_epoch=1)
   mngr, step = checkpoint_step(workdir, config, checkpoint)
-  differences = _config_differences(config, workdir)
+  differences = train.config_differences(config, workdir)
   if differences and jax.process_index() == 0:
     print(f"WARNING: {workdir}/config.json differs from this config in: "
           + "; ".join(differences), flush=True)

@@ -117,9 +117,9 @@ def test_region_score_peak_of_a_present_seen_digit_lies_on_its_cell(trained):
 
 def test_restoring_with_another_config_names_the_differing_fields(trained):
   config, workdir = trained
-  assert restore._config_differences(config, workdir) == []
+  assert train.config_differences(config, workdir) == []
   other = apply_overrides(config, {"model.top_k": 2, "data.unseen_labels": (1, 2, 8)})
-  assert restore._config_differences(other, workdir) == [
+  assert train.config_differences(other, workdir) == [
       "model.top_k: trained with 4, now 2",
       "data.unseen_labels: trained with [1, 2, 7], now [1, 2, 8]"]
 
