@@ -1,20 +1,44 @@
 # `make demo` and `make test` set up .venv on first use (pinned requirements), then run.
+# Accelerators: `make setup ACCEL=cuda12` (NVIDIA, CUDA 12), `ACCEL=cuda13`, `ACCEL=tpu` add the
+# pinned jax plugin of requirements-$(ACCEL).txt to the same pins; the choice is kept in
+# .venv/.accel, so later `make` commands keep it. `ACCEL=cpu` removes the plugins again.
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
-STAMP := $(VENV)/.installed
 RUN := $(VENV)/bin/python
+ACCELS := cpu cuda12 cuda13 tpu
+ACCEL ?= $(shell cat $(VENV)/.accel 2>/dev/null || echo cpu)
+ifeq ($(filter $(ACCEL),$(ACCELS)),)
+$(error ACCEL=$(ACCEL): expected one of $(ACCELS))
+endif
+ACCEL_REQS := $(if $(filter-out cpu,$(ACCEL)),requirements-$(ACCEL).txt)
+# Plugins of the other accelerators, removed when switching (two would fight over jaxlib).
+PLUGINS_cpu :=
+PLUGINS_cuda12 := jax-cuda12-plugin jax-cuda12-pjrt
+PLUGINS_cuda13 := jax-cuda13-plugin jax-cuda13-pjrt
+PLUGINS_tpu := libtpu
+OTHER_PLUGINS := $(filter-out $(PLUGINS_$(ACCEL)),$(foreach a,$(ACCELS),$(PLUGINS_$(a))))
+STAMP := $(VENV)/.installed-$(ACCEL)
 
-.PHONY: setup setup-torch demo demo-mosaic test bench compare compare-pytorch clean
+.PHONY: setup setup-torch check-platform demo demo-mosaic test bench bench-gpu compare \
+	compare-pytorch clean
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt $(ACCEL_REQS) pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -r requirements.txt
+	$(VENV)/bin/pip uninstall -q -y $(OTHER_PLUGINS) 2>/dev/null || true
+	$(VENV)/bin/pip install -q -r requirements.txt $(addprefix -r ,$(ACCEL_REQS))
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e . || \
 	  $(VENV)/bin/pip install -q --no-deps -e .
+	rm -f $(VENV)/.installed-*
+	echo $(ACCEL) > $(VENV)/.accel
 	touch $(STAMP)
 
 setup: $(STAMP)
+
+# What JAX sees in this environment (platform, device kind, counts); fails when it is not
+# the platform ACCEL installs (run it on a GPU / TPU node after `make setup ACCEL=...`).
+check-platform: setup
+	$(RUN) -m mlzsl_jax.accelerator --expect $(if $(filter cuda%,$(ACCEL)),gpu,$(ACCEL))
 
 # Optional extra: torch 2.13.0 CPU (a wheel on local disk) for the PyTorch equality tests,
 # weight conversion from the official checkpoints and benchmarks/compare_pytorch.py.
@@ -35,6 +59,10 @@ compare: setup
 
 bench: setup
 	$(RUN) benchmarks/train_throughput.py
+
+# One GPU, at most 8 minutes: the table of benchmarks/README.md's GPU section.
+bench-gpu: setup
+	PYTHON=$(RUN) bash benchmarks/gpu.sh
 
 # BiAM train step, ours (jit) vs the same model in PyTorch eager, side by side, batch 32.
 compare-pytorch: setup-torch

@@ -47,12 +47,17 @@ class SavedSource:
     return tf.data.Dataset.load(self.paths[split])
 
 
-def saved_synthetic(root: str, num_examples: int) -> tuple[SavedSource, float]:
-  """The synthetic NUS-shaped train split saved under ``root`` (reused when complete);
-  returns (source, seconds spent writing, 0 when reused)."""
-  data = ml_collections.ConfigDict({"seed": 0, "num_train": num_examples, "num_test": 1})
+def saved_synthetic(root: str, num_examples: int, **fields) -> tuple[SavedSource, float]:
+  """The synthetic train split (NUS-WIDE shapes, or the synthetic dataset's ``fields``) saved
+  under ``root`` (reused when complete); returns (source, seconds spent writing, 0 when
+  reused)."""
+  data = ml_collections.ConfigDict({"seed": 0, "num_train": num_examples, "num_test": 1,
+                                    **fields})
   memory = synthetic.synthetic_factory(data)
-  path = os.path.join(root, f"synthetic_nus_{num_examples}", "train")
+  p = memory.params
+  name = (f"synthetic_nus_{num_examples}" if not fields else
+          f"synthetic_{num_examples}_{p.grid[0]}x{p.grid[1]}x{p.feature_dim}_{p.num_labels}")
+  path = os.path.join(root, name, "train")
   done = os.path.join(path, "COMPLETE")
   seconds = 0.0
   if not os.path.exists(done):

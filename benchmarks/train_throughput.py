@@ -1,8 +1,11 @@
 """Train-step throughput of every registered model at NUS-WIDE and Open Images shapes.
 
-The step timed is the library's own jitted, sharded train step (``mlzsl_jax.train.Trainer``,
-data-parallel over all devices) on random batches already on the devices (the step's cost
-does not depend on the values; the input pipeline is measured by input_pipeline.py). Each
+The step timed is the library's own jitted, sharded train step (``mlzsl_jax.step.Trainer``,
+the step training runs, data-parallel over all devices) on random batches already on the
+devices (the step's cost does not depend on the values; the input pipeline is measured by
+input_pipeline.py). Needs no TensorFlow, tfds or clu: JAX, Flax, Optax, orbax,
+ml_collections and NumPy only (tests/test_accelerator.py runs it with TensorFlow
+unimportable). Each
 model's config comes from its module's ``model_config()`` / ``loss_config()``, with the
 shape's own overrides (``SHAPES``). Per run: compile time, step time, images/s, GFLOP per
 image (XLA cost analysis), achieved GFLOP/s and % of the device's peak, peak device memory.
@@ -45,7 +48,7 @@ import ml_collections
 import numpy as np
 
 from mlzsl_jax import sharding as shd
-from mlzsl_jax import train
+from mlzsl_jax.step import Trainer
 from mlzsl_jax.config_base import base_config
 from mlzsl_jax.data.source import DatasetMeta
 from mlzsl_jax.models import get_model_builder, registered_models
@@ -148,7 +151,7 @@ def _first(cost) -> dict:
   return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
 
 
-def step_flops(trainer: train.Trainer, lowered, args_of: Callable) -> tuple[float, str]:
+def step_flops(trainer: Trainer, lowered, args_of: Callable) -> tuple[float, str]:
   """FLOPs of one global train step (XLA cost analysis of the lowered, unpartitioned
   program: the whole global batch) and where the number came from.
 
@@ -162,7 +165,7 @@ def step_flops(trainer: train.Trainer, lowered, args_of: Callable) -> tuple[floa
   if config.model.get("label_chunk", 0):
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.label_chunk = 0
-    twin = train.Trainer(config, trainer.meta, trainer.mesh, steps_per_epoch=1000)
+    twin = Trainer(config, trainer.meta, trainer.mesh, steps_per_epoch=1000)
     lowered = twin.train_step.lower(*args_of(twin))
     source = "XLA cost analysis of the dense twin (label_chunk=0)"
   return float(_first(lowered.cost_analysis()).get("flops", float("nan"))), source
@@ -212,11 +215,24 @@ def peak_memory() -> str:
   return f"{max(peaks) / 2**30:.2f} GiB" if peaks else "n/a"
 
 
+def compiled_memory(compiled) -> str:
+  """Device memory one call of ``compiled`` needs per device (arguments + outputs +
+  temporaries - donated aliases, XLA's memory analysis), or 'n/a'. Unlike the peak counter
+  this is the executable's own, so several runs in one process each get theirs."""
+  try:
+    m = compiled.memory_analysis()
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes -
+             m.alias_size_in_bytes)
+  except Exception:  # noqa: BLE001 (backends without memory analysis)
+    return "n/a"
+  return f"{total / 2**30:.2f} GiB"
+
+
 def run_one(model: str, shapes: Shapes, args) -> dict[str, Any]:
   """Compiles and times ``args.steps`` train steps of ``model``; returns one result row."""
   config = bench_config(model, shapes, args.batch, args.dtype)
   mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
-  trainer = train.Trainer(config, bench_meta(shapes), mesh, steps_per_epoch=1000)
+  trainer = Trainer(config, bench_meta(shapes), mesh, steps_per_epoch=1000)
   state = trainer.init_state()
   emb = jax.device_put(trainer.emb_seen, trainer.repl)
   rng = np.random.default_rng(0)
@@ -255,7 +271,7 @@ def run_one(model: str, shapes: Shapes, args) -> dict[str, Any]:
           "images_per_s": args.batch / step_s, "gflop_per_image": flops / args.batch / 1e9,
           "flops_source": flops_src, "achieved_gflops": achieved, "peak_gflops": peak,
           "peak_source": peak_src, "pct_peak": 100.0 * achieved / peak,
-          "peak_memory": peak_memory(), "loss": loss,
+          "peak_memory": peak_memory(), "step_memory": compiled_memory(compiled), "loss": loss,
           "loss_name": config.loss.name}
 
 

@@ -6,7 +6,10 @@
 #
 # The global batch (train.batch_size) is split over the mesh's 'data' axis; pick it as
 # (images per device) x (number of devices), e.g. --config.train.batch_size=256 on 8 GPUs.
-# Multi-host launchers (SLURM, TPU pods) come with issue 6.
+# Platform: on a host with NVIDIA GPUs (/dev/nvidia0) or TPU chips (/dev/accel0) the run stops
+# at start if JAX sees only the CPU (install the accelerator build: `make setup ACCEL=cuda12`,
+# `cuda13` or `tpu`); MLZSL_PLATFORM=cpu (or NUM_CPU_DEVICES=N) runs on the CPU on purpose.
+# Multi-host launchers: launch/slurm.sbatch, launch/tpu_pod.sh.
 set -euo pipefail
 if [ $# -lt 2 ]; then
   echo "usage: $0 CONFIG WORKDIR [--config.field=value ...]" >&2

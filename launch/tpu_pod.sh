@@ -25,6 +25,10 @@ overrides=""
 for arg in "$@"; do
   overrides+=" $(printf '%q' "$arg")"
 done
+# Every worker must see its TPU chips: a worker whose JAX sees only the CPU (no libtpu: run
+# `make setup ACCEL=tpu` there; the TPU held by another process) stops at start with a
+# one-line error instead of training on the CPU. MLZSL_PLATFORM=cpu overrides (on purpose).
+platform=${MLZSL_PLATFORM:-tpu}
 gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command \
-  "cd $repo && .venv/bin/python -m mlzsl_jax.main train --config $(printf '%q' "$config") \
+  "cd $repo && MLZSL_PLATFORM=$(printf '%q' "$platform") .venv/bin/python -m mlzsl_jax.main train --config $(printf '%q' "$config") \
 --workdir $(printf '%q' "$workdir")$overrides"

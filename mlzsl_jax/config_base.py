@@ -15,6 +15,9 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 3483
   c.dtype = "float32"  # compute dtype; params stay float32
+  # Platform the run must use: 'auto' (MLZSL_PLATFORM, SLURM GPUs or the host's devices
+  # decide; see mlzsl_jax/accelerator.py), 'gpu', 'tpu', or 'cpu' (a CPU run on purpose).
+  c.platform = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.name = ""

@@ -118,12 +118,6 @@ def initialize(coordinator_address: str = "", num_processes: int = 0, process_id
   return True
 
 
-def describe() -> str:
-  """'process i/n, local devices k, global devices m' (touches the devices)."""
-  return (f"process {jax.process_index()}/{jax.process_count()}, local devices "
-          f"{jax.local_device_count()}, global devices {jax.device_count()}")
-
-
 def process_zero_first(fn: Callable[[], T], name: str) -> T:
   """``fn()`` on process 0, then on the others once process 0 has finished; for work that
   must not run concurrently on a shared filesystem (e.g. building a dataset the first time).

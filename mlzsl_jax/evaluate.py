@@ -18,7 +18,6 @@ from mlzsl_jax import metrics
 from mlzsl_jax import metrics_device
 from mlzsl_jax import metrics_open_images
 from mlzsl_jax import sharding as shd
-from mlzsl_jax.data import pipeline
 from mlzsl_jax.data.source import DatasetSource
 from mlzsl_jax.registry import Registry
 
@@ -35,6 +34,7 @@ def collect_scores(trainer, source: DatasetSource, state, config, split_name: st
   every process's labels and example indices travel through the same global arrays as its
   scores, so rows stay paired whatever rows each process held (``data.process_split``).
   """
+  from mlzsl_jax.data import pipeline  # TensorFlow: loaded only to read data
   split = trainer.split
   embs = tuple(jax.device_put(e, trainer.repl) for e in (trainer.emb_unseen, trainer.emb_gzsl))
   order = np.asarray(split.seen + split.unseen)

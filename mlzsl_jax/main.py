@@ -189,6 +189,24 @@ def _parse_flags(argv: list[str]) -> list[str]:
                      "config file and mlzsl_jax/config_base.py for the fields") from e
 
 
+def _start_platform(config_platform: str, initialize) -> None:
+  """Resolves the platform this run must use, starts JAX (``initialize``: the multi-process
+  join), checks the platform and prints the first line: process, platform, device kind and
+  counts. A mismatch (e.g. a GPU job whose JAX sees only the CPU) stops with one line."""
+  from mlzsl_jax import accelerator
+  try:
+    expect = accelerator.expected_platform(config_platform)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
+  accelerator.select_backend(expect)
+  initialize()
+  try:
+    accelerator.check_platform(expect)
+  except accelerator.PlatformError as e:
+    raise SystemExit(f"error: {e}") from None
+  print(accelerator.describe(expect), flush=True)
+
+
 def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: python -m mlzsl_jax.main {{{','.join(COMMANDS)}}} "
@@ -197,9 +215,9 @@ def main(argv):
   if _CONFIG.value is None or (argv[1] in NEEDS_WORKDIR and not _WORKDIR.value):
     raise app.UsageError("--config (and, except for prepare, --workdir) are required")
   from mlzsl_jax import distributed
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                         cpu_collectives=True)
-  print(distributed.describe(), flush=True)
+  _start_platform(_CONFIG.value.get("platform", "auto"),
+                  lambda: distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                                 _PROCESS_ID.value, cpu_collectives=True))
   from mlzsl_jax import errors
   try:
     COMMANDS[argv[1]](_CONFIG.value, _WORKDIR.value)
@@ -213,7 +231,7 @@ def _extract_main(argv: list[str]):
   several processes split the shards (launched like training: SLURM / TPU pod detected)."""
   from mlzsl_jax import distributed
   from mlzsl_jax.extract import run
-  distributed.initialize()
+  _start_platform("auto", distributed.initialize)
   run.main(argv)
 
 

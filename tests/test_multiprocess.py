@@ -147,9 +147,9 @@ def _assert_close(a, b, path=""):
 def test_two_processes_batches_split_reproduce_one_process(runs):
   dirs, outs, _ = runs
   one, two = dirs["one"], dirs["two_batches"]
-  assert "process 0/1, local devices 8, global devices 8" in outs["one"][0]
-  assert "process 0/2, local devices 4, global devices 8" in outs["two_batches"][0]
-  assert "process 1/2, local devices 4, global devices 8" in outs["two_batches"][1]
+  assert "process 0/1: platform cpu, cpu x8 local, 8 global devices" in outs["one"][0]
+  assert "process 0/2: platform cpu, cpu x4 local, 8 global devices" in outs["two_batches"][0]
+  assert "process 1/2: platform cpu, cpu x4 local, 8 global devices" in outs["two_batches"][1]
   loss_one, loss_two = _logged(one, "loss"), _logged(two, "loss")
   assert sorted(loss_one) == [4, 8, 12, 16]
   _assert_close(loss_one, loss_two)
@@ -172,7 +172,7 @@ def test_examples_split_completes_and_only_process_zero_reports(runs):
   dirs, outs, _ = runs
   workdir = dirs["two_examples"]
   p0, p1 = outs["two_examples"]
-  assert "process 1/2, local devices 4, global devices 8" in p1
+  assert "process 1/2: platform cpu, cpu x4 local, 8 global devices" in p1
   for text in ("parameters;", "\nZSL ", "GZSL (chance)", "step 16/16"):
     assert text in p0 and text not in p1, text
   assert "data split by examples" in p0

@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mlzsl_jax import evaluate, phases, restore, selection, train
-from mlzsl_jax.data import get_dataset, nus_wide
+from mlzsl_jax.data import get_dataset, nus_wide, pipeline
 from mlzsl_jax.extract import scene_head
 from tests import test_nus_wide as nus
 from tests.test_extract import write_scene_weights
@@ -84,18 +84,18 @@ class Killed(Exception):
 @contextlib.contextmanager
 def killed_after_steps(monkeypatch, steps: int):
   """Training dies (``Killed``) when it asks for its batch number ``steps`` + 1."""
-  real = train.pipeline.prefetch_to_device
+  real = pipeline.prefetch_to_device
 
   def dying(*args, **kwargs):
     for i, batch in enumerate(real(*args, **kwargs)):
       if i == steps:
         raise Killed()
       yield batch
-  monkeypatch.setattr(train.pipeline, "prefetch_to_device", dying)
+  monkeypatch.setattr(pipeline, "prefetch_to_device", dying)
   try:
     yield
   finally:
-    monkeypatch.setattr(train.pipeline, "prefetch_to_device", real)
+    monkeypatch.setattr(pipeline, "prefetch_to_device", real)
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from mlzsl_jax import errors, evaluate, restore, sweep, train
+from mlzsl_jax.data import pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "biam_digits.py"
@@ -71,7 +72,7 @@ def test_stop_names_the_step_and_never_saves_a_nonfinite_state(tmp_path, data_di
 def _poisoned(steps):
   """prefetch_to_device whose batches at the given 0-based steps carry NaN features (the
   host-side input check runs before; this stands for a numerical blow-up on the device)."""
-  real = train.pipeline.prefetch_to_device
+  real = pipeline.prefetch_to_device
 
   def fake(*args, **kwargs):
     for i, batch in enumerate(real(*args, **kwargs)):
@@ -84,7 +85,7 @@ def _poisoned(steps):
 def test_skip_drops_the_update_counts_it_and_stops_after_n_in_a_row(tmp_path, data_dir,
                                                                     monkeypatch):
   config = _config(data_dir, on_nonfinite="skip", max_consecutive_skips=3)
-  monkeypatch.setattr(train.pipeline, "prefetch_to_device", _poisoned({2, 3}))
+  monkeypatch.setattr(pipeline, "prefetch_to_device", _poisoned({2, 3}))
   result = train.train_and_evaluate(config, str(tmp_path / "w"))
   assert np.isfinite(result["zsl"]["map"])
   saved = _saved_params(tmp_path / "w")
@@ -95,7 +96,7 @@ def test_skip_drops_the_update_counts_it_and_stops_after_n_in_a_row(tmp_path, da
   assert not all(np.array_equal(np.asarray(a), np.asarray(b))
                  for a, b in zip(jax.tree.leaves(saved[4]), jax.tree.leaves(saved[6])))
   # three in a row end the run, naming the count; nothing non-finite is saved
-  monkeypatch.setattr(train.pipeline, "prefetch_to_device", _poisoned({1, 2, 3}))
+  monkeypatch.setattr(pipeline, "prefetch_to_device", _poisoned({1, 2, 3}))
   with pytest.raises(errors.NonFiniteError, match="3 updates in a row were non-finite"):
     train.train_and_evaluate(config, str(tmp_path / "w2"))
   assert all(_all_finite(p) for p in _saved_params(tmp_path / "w2").values())
@@ -134,14 +135,14 @@ def test_cli_exits_non_zero_with_one_line(tmp_path, data_dir):
 
 
 def _killed_after(monkeypatch, steps: int):
-  real = train.pipeline.prefetch_to_device
+  real = pipeline.prefetch_to_device
 
   def dying(*args, **kwargs):
     for i, batch in enumerate(real(*args, **kwargs)):
       if i == steps:
         raise KeyboardInterrupt("killed")
       yield batch
-  monkeypatch.setattr(train.pipeline, "prefetch_to_device", dying)
+  monkeypatch.setattr(pipeline, "prefetch_to_device", dying)
   return real
 
 
@@ -156,7 +157,7 @@ def test_resume_on_another_topology_and_refuse_another_batch(tmp_path, data_dir,
   real = _killed_after(monkeypatch, 7)
   with pytest.raises(KeyboardInterrupt):
     train.train_and_evaluate(config, str(tmp_path / "w"))
-  monkeypatch.setattr(train.pipeline, "prefetch_to_device", real)
+  monkeypatch.setattr(pipeline, "prefetch_to_device", real)
   assert max(_saved_params(tmp_path / "w")) == 6
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
   out = subprocess.run(

@@ -115,8 +115,8 @@ from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
 if __name__ == "__main__":
-  # ``python -m mlzsl_jax.data.open_images``: importing the package above already defined and
-  # registered this module's builder; run that copy's ``main`` instead of defining it twice.
+  # ``python -m mlzsl_jax.data.open_images``: run the ``main`` of the module as imported (the
+  # copy whose builder is registered) instead of defining the builder twice.
   from mlzsl_jax.data import open_images as _registered  # pylint: disable=import-self
   _registered.main()
   sys.exit(0)

@@ -98,6 +98,5 @@ register_dataset = DATASETS.register
 
 def get_dataset(data_config) -> DatasetSource:
   """Build the dataset named ``data_config.name``."""
-  # Importing the package registers the built-in datasets.
-  import mlzsl_jax.data  # noqa: F401
+  import mlzsl_jax.data.builtin  # noqa: F401  (registers the built-in datasets)
   return DATASETS.get(data_config.name)(data_config)
