@@ -33,9 +33,13 @@ and peak-memory counter are its own.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import glob
+import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -215,6 +219,59 @@ def peak_memory() -> str:
   return f"{max(peaks) / 2**30:.2f} GiB" if peaks else "n/a"
 
 
+# Host trace events that are waiting or Python frames ('$file:line'), not computation.
+HOST_NOT_WORK = re.compile(r"^\$|wait|Await|^end: ")
+
+
+def top_ops(trace_dir: str, steps: int, count: int = 10) -> list[str]:
+  """The ``count`` event names with the most total time in the newest Perfetto trace under
+  ``trace_dir`` (written by ``jax.profiler.start_trace(create_perfetto_trace=True)``), as
+  'ms per step, % of the total, name' lines. Device timelines (GPU/TPU kernels) when the
+  trace has them; else the host's (on CPU: XLA's fused ops, plus runtime overhead)."""
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"),
+                           recursive=True), key=os.path.getmtime)
+  if not paths:
+    return ["  (no perfetto_trace.json.gz found)"]
+  with gzip.open(paths[-1], "rt") as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  names = {e["pid"]: e.get("args", {}).get("name", "") for e in events
+           if e.get("ph") == "M" and e.get("name") == "process_name"}
+  device_pids = {pid for pid, name in names.items() if "/device:" in name}
+  timed = [e for e in events if "dur" in e and "ts" in e and
+           (e.get("pid") in device_pids if device_pids else not HOST_NOT_WORK.search(
+               str(e.get("name", ""))))]
+  totals: collections.Counter = collections.Counter()
+  for e in leaf_events(timed):
+    totals[e["name"]] += float(e["dur"])
+  whole = sum(totals.values()) or 1.0
+  return [f"  {us / 1e3 / steps:9.3f} ms/step {100 * us / whole:5.1f}%  {name[:90]}"
+          for name, us in totals.most_common(count)]
+
+
+def leaf_events(events: list[dict]) -> list[dict]:
+  """The events that enclose no other event of their thread (so nested wrappers such as an
+  executor around its ops are not counted twice)."""
+  by_thread = collections.defaultdict(list)
+  for e in events:
+    by_thread[(e.get("pid"), e.get("tid"))].append(e)
+  leaves = []
+  for thread in by_thread.values():
+    thread.sort(key=lambda e: (float(e["ts"]), -float(e["dur"])))
+    stack: list[list] = []  # [event, end, has_child]
+    for e in thread:
+      start = float(e["ts"])
+      while stack and stack[-1][1] <= start:
+        top = stack.pop()
+        if not top[2]:
+          leaves.append(top[0])
+      if stack:
+        stack[-1][2] = True
+      stack.append([e, start + float(e["dur"]), False])
+    leaves += [top[0] for top in stack if not top[2]]
+  return leaves
+
+
 def compiled_memory(compiled) -> str:
   """Device memory one call of ``compiled`` needs per device (arguments + outputs +
   temporaries - donated aliases, XLA's memory analysis), or 'n/a'. Unlike the peak counter
@@ -251,15 +308,18 @@ def run_one(model: str, shapes: Shapes, args) -> dict[str, Any]:
   for i in range(args.warmup):
     state, metrics = step(state, batches[i % 2], emb)
   jax.block_until_ready((state, metrics))
-  if args.profile:
-    jax.profiler.start_trace(os.path.join(args.profile, f"{model}_{shapes.name}"))
+  trace_dir = os.path.join(args.profile, f"{model}_{shapes.name}") if args.profile else ""
+  if trace_dir:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
   t0 = time.perf_counter()
   for i in range(args.steps):
     state, metrics = step(state, batches[i % 2], emb)
   jax.block_until_ready((state, metrics))
   step_s = (time.perf_counter() - t0) / args.steps
-  if args.profile:
+  if trace_dir:
     jax.profiler.stop_trace()
+    print(f"profile of {args.steps} steps in {trace_dir}; where the time went:\n" +
+          "\n".join(top_ops(trace_dir, args.steps)), flush=True)
   loss = float(metrics["loss"])
 
   peak, peak_src = peak_gflops(args.dtype, args.peak_gflops, args.peak_source)

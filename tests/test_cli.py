@@ -73,6 +73,9 @@ def reference_run(tmp_path_factory, data_dir):
 
 def test_profile_window_writes_a_trace(reference_run):
   workdir, out = reference_run
+  # The first line names the platform, device kind and counts (and why CPU is expected).
+  assert out.stdout.startswith("process 0/1: platform cpu, cpu x8 local, 8 global devices "
+                               "(expected cpu: JAX_PLATFORMS=cpu)\n"), out.stdout[:300]
   assert "profile of steps 3..4 written" in out.stdout
   assert any(p.is_file() for p in (workdir / "profile").rglob("*.xplane.pb"))
 
