@@ -52,10 +52,11 @@ import ml_collections
 import numpy as np
 
 from mlzsl_jax import sharding as shd
-from mlzsl_jax.step import Trainer
 from mlzsl_jax.config_base import base_config
 from mlzsl_jax.data.source import DatasetMeta
 from mlzsl_jax.models import get_model_builder, registered_models
+from mlzsl_jax.step import Trainer
+from mlzsl_jax.train import profiler_options
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,7 +311,8 @@ def run_one(model: str, shapes: Shapes, args) -> dict[str, Any]:
   jax.block_until_ready((state, metrics))
   trace_dir = os.path.join(args.profile, f"{model}_{shapes.name}") if args.profile else ""
   if trace_dir:
-    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True,
+                             profiler_options=profiler_options())
   t0 = time.perf_counter()
   for i in range(args.steps):
     state, metrics = step(state, batches[i % 2], emb)

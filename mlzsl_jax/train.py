@@ -400,6 +400,15 @@ class PreemptionWatch:
       self._previous = None
 
 
+def profiler_options() -> jax.profiler.ProfileOptions:
+  """XLA host and device events, without jaxlib's Python tracer: stopping that tracer walks
+  every Python thread and segfaults (jaxlib 0.10.2) when one (a checkpoint or input thread)
+  exits meanwhile; seen in about half of the profiled CLI runs."""
+  options = jax.profiler.ProfileOptions()
+  options.python_tracer_level = 0
+  return options
+
+
 class ProfileWindow:
   """Captures a ``jax.profiler`` trace of steps [first, last] (1-based, inclusive) into
   ``logdir`` (view with TensorBoard's profile plugin or Perfetto); (0, 0) = off."""
@@ -413,7 +422,7 @@ class ProfileWindow:
 
   def before(self, step: int):
     if self.first and step + 1 == self.first and jax.process_index() == 0:
-      jax.profiler.start_trace(self.logdir)
+      jax.profiler.start_trace(self.logdir, profiler_options=profiler_options())
       self.active = True
 
   def after(self, done: int, metrics):
