@@ -53,7 +53,8 @@ from mlzsl_jax import metrics_device  # noqa: E402
 from mlzsl_jax import sharding as shd  # noqa: E402
 from mlzsl_jax.step import Trainer  # noqa: E402
 from train_throughput import (SHAPES, Shapes, bench_config, bench_meta,  # noqa: E402
-                              compiled_memory, peak_gflops, random_batch, run_one)
+                              compiled_memory, counted_flops, peak_gflops, random_batch,
+                              run_one)
 
 NUS_TEST_ROWS = 107_859
 SECTIONS = ("train", "test_pass", "open_images", "input")
@@ -103,9 +104,10 @@ class Budget:
 def train_row(shapes: Shapes, dtype: str, batch: int, args, section: str = "train") -> Row:
   """The train step of BiAM at ``shapes``: one ``train_throughput.run_one`` in this process."""
   profile = os.path.join(args.profile, f"{section}_{dtype}_b{batch}") if args.profile else ""
+  peak, peak_source = args.peaks[dtype]
   run_args = argparse.Namespace(batch=batch, dtype=dtype, steps=args.steps,
                                 warmup=args.warmup, profile=profile,
-                                peak_gflops=args.peak_gflops, peak_source=args.peak_source)
+                                peak_gflops=peak, peak_source=peak_source)
   r = run_one("biam", shapes, run_args)
   return Row(section, f"train step ({shapes.name})", dtype, batch, r["compile_s"],
              r["step_ms"] / 1e3, r["images_per_s"], r["achieved_gflops"] / 1e3,
@@ -149,12 +151,6 @@ def device_batches(shapes: Shapes, batch: int, sharding, count: int = 2) -> list
           for _ in range(count)]
 
 
-def flops_of(lowered) -> float:
-  cost = lowered.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float((cost or {}).get("flops", math.nan))
-
-
 def eval_forward(shapes: Shapes, dtype: str, batch: int, rows: int, args
                  ) -> tuple[Row, jax.Array, jax.Array]:
   """The eval forward over ``rows`` images (ZSL: unseen labels only; GZSL: all labels) in
@@ -171,8 +167,12 @@ def eval_forward(shapes: Shapes, dtype: str, batch: int, rows: int, args
   lowered = trainer.predict.lower(state.params, state.model_state, pool[0], embs)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  flops = (dense_flops(config, meta, mesh, pool[0]) if config.model.get("label_chunk", 0)
-           else flops_of(lowered))
+
+  def lower_predict(t: Trainer):
+    abstract = t.abstract_state()
+    return t.predict.lower(abstract.params, abstract.model_state, pool[0],
+                           (t.emb_unseen, t.emb_gzsl))
+  flops, _ = counted_flops(trainer, lowered, lower_predict)
   jax.block_until_ready(compiled(state.params, state.model_state, pool[1], embs))
   steps = math.ceil(rows / batch)
   t0 = time.perf_counter()
@@ -183,22 +183,11 @@ def eval_forward(shapes: Shapes, dtype: str, batch: int, rows: int, args
   zsl = jnp.concatenate([o[0] for o in outs])[:rows]
   gzsl = jnp.concatenate([o[1] for o in outs])[:rows]
   achieved = flops * steps / seconds / 1e12
-  peak, _ = peak_gflops(dtype, args.peak_gflops, args.peak_source)
+  peak, _ = args.peaks[dtype]
   row = Row("", "", dtype, batch, compile_s, seconds, rows / seconds, achieved,
             100.0 * achieved * 1e3 / peak, compiled_memory(compiled),
             f"{steps} batches of {batch}, 2 forwards each (ZSL, GZSL)")
   return row, zsl, gzsl
-
-
-def dense_flops(config, meta, mesh, batch: dict) -> float:
-  """FLOPs of the eval forward of the dense twin (label_chunk=0), lowered only."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  dense = ml_collections.ConfigDict(config.to_dict())
-  dense.model.label_chunk = 0
-  twin = Trainer(dense, meta, mesh, steps_per_epoch=1000)
-  abstract = twin.abstract_state()
-  embs = (twin.emb_unseen, twin.emb_gzsl)
-  return flops_of(twin.predict.lower(abstract.params, abstract.model_state, batch, embs))
 
 
 def test_pass_section(shapes: Shapes, args, budget: Budget, emit) -> None:
@@ -375,7 +364,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.error(f"--sections: unknown {unknown}; expected a comma list of {', '.join(SECTIONS)}")
   args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
   args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
-  args.peak_source = ""
   return args
 
 
@@ -384,10 +372,11 @@ def main(argv: list[str] | None = None) -> list[Row]:
   shapes = SMOKE_SHAPES if args.smoke else SHAPES
   budget = Budget(args.budget_s)
   print(accelerator.describe(), flush=True)
-  if args.peak_gflops is None:
-    for dtype in args.dtypes:  # measured or looked up once per dtype, reported
-      peak, source = peak_gflops(dtype, None)
-      print(f"peak {dtype}: {peak / 1e3:.1f} TFLOP/s ({source})", flush=True)
+  args.peaks = {}  # dtype -> (GFLOP/s, source): measured or looked up once, used by every row
+  for dtype in args.dtypes:
+    args.peaks[dtype] = peak_gflops(dtype, args.peak_gflops)
+    print(f"peak {dtype}: {args.peaks[dtype][0] / 1e3:.1f} TFLOP/s ({args.peaks[dtype][1]})",
+          flush=True)
   rows: list[Row] = []
 
   def emit(row: Row) -> None:

@@ -38,6 +38,7 @@ import dataclasses
 import glob
 import gzip
 import json
+import math
 import os
 import re
 import subprocess
@@ -152,28 +153,31 @@ def random_batch(shapes: Shapes, batch: int, rng: np.random.Generator
   return out
 
 
-def _first(cost) -> dict:
-  return (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+def flops_of(lowered) -> float:
+  """FLOPs of a lowered program by XLA's cost analysis (nan when it gives none)."""
+  cost = lowered.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", math.nan))
 
 
-def step_flops(trainer: Trainer, lowered, args_of: Callable) -> tuple[float, str]:
-  """FLOPs of one global train step (XLA cost analysis of the lowered, unpartitioned
-  program: the whole global batch) and where the number came from.
+def counted_flops(trainer: Trainer, lowered, lower_on: Callable[[Trainer], Any]
+                  ) -> tuple[float, str]:
+  """FLOPs of ``lowered`` (a program of ``trainer``, lowered unpartitioned: the whole global
+  batch) and where the number came from. ``lower_on(t)`` lowers the same program on trainer
+  ``t``.
 
   XLA counts a loop's body once, so a model that scores labels in chunks
   (``model.label_chunk > 0``, a ``lax.map``) is counted on its dense twin (label_chunk=0,
   lowered only, never compiled or run): the useful FLOPs, without the padding of the last
   chunk.
   """
-  config = trainer.config
-  source = "XLA cost analysis"
-  if config.model.get("label_chunk", 0):
-    config = ml_collections.ConfigDict(config.to_dict())
-    config.model.label_chunk = 0
-    twin = Trainer(config, trainer.meta, trainer.mesh, steps_per_epoch=1000)
-    lowered = twin.train_step.lower(*args_of(twin))
-    source = "XLA cost analysis of the dense twin (label_chunk=0)"
-  return float(_first(lowered.cost_analysis()).get("flops", float("nan"))), source
+  if not trainer.config.model.get("label_chunk", 0):
+    return flops_of(lowered), "XLA cost analysis"
+  config = ml_collections.ConfigDict(trainer.config.to_dict())
+  config.model.label_chunk = 0
+  twin = Trainer(config, trainer.meta, trainer.mesh, steps_per_epoch=1000)
+  return (flops_of(lower_on(twin)),
+          "XLA cost analysis of the dense twin (label_chunk=0)")
 
 
 def measured_peak_gflops(dtype: str, n: int = 4096, repeats: int = 3) -> float:
@@ -301,8 +305,8 @@ def run_one(model: str, shapes: Shapes, args) -> dict[str, Any]:
   lowered = trainer.train_step.lower(state, batches[0], emb)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  flops, flops_src = step_flops(
-      trainer, lowered, lambda t: (t.abstract_state(), batches[0], emb))
+  flops, flops_src = counted_flops(
+      trainer, lowered, lambda t: t.train_step.lower(t.abstract_state(), batches[0], emb))
 
   step: Callable = compiled  # the AOT-compiled step: no retracing or cache lookups
   metrics = None
