@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tfds_buckets import through_disk_buckets
+
 from mlzsl_jax import predict, report, train
 from mlzsl_jax.data import colour_digits as cd
 from mlzsl_jax.data import digits_mosaic as dm
@@ -133,7 +135,9 @@ def trained(tmp_path_factory):
   c.train.checkpoint_every_steps = 1000
   c.eval.chance_seeds = 2
   workdir = tmp / "run"
-  result = train.train_and_evaluate(c, str(workdir))
+  with through_disk_buckets() as bucket_sizes:  # the dataset's records through disk buckets
+    result = train.train_and_evaluate(c, str(workdir))
+  assert max(bucket_sizes) <= 2, "keys not spread over tfds' buckets"  # 1200 / 1000 buckets
   return c, workdir, result
 
 

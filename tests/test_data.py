@@ -6,6 +6,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tfds_buckets import through_disk_buckets
+
 from mlzsl_jax.data import attributes, digits_mosaic as dm, get_dataset, synthetic as syn
 
 
@@ -30,7 +32,11 @@ def digits_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def digits_source(digits_dir):
-  return get_dataset(_digits_config(digits_dir))
+  # Every record through tfds' disk buckets (a large build's path): one record a bucket.
+  with through_disk_buckets() as bucket_sizes:
+    source = get_dataset(_digits_config(digits_dir))
+  assert max(bucket_sizes) == 1, "keys not spread over tfds' buckets"
+  return source
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tfds_buckets import through_disk_buckets
+
 from mlzsl_jax.data import attributes, embeddings, get_dataset, nus_wide, restricted_pickle
 
 NUM_TAGS, NUM_CONCEPTS, NUM_SEEN, DIM = 1000, 81, 925, 300
@@ -222,6 +224,33 @@ def test_every_field_of_every_example(official, monkeypatch):
       np.testing.assert_array_equal(ex["labels"], want["train"][2][i])
   assert [ex["image_id"].decode() for ex in source.as_tf_dataset(
       "train", mix_slices=4, seed=1).as_numpy_iterator()] != c["train_names"]
+
+
+def test_prepare_streams_through_disk_in_name_list_order(tmp_path):
+  """The path of a real-size build (every record through tfds' disk buckets, as for the
+  161,789 training images): records in the order of the name lists (here unlike the h5
+  files'), at most one record per bucket (keys spread; plain positions put the whole split
+  in the first bucket, read back whole), and the same shard bytes as the in-memory build."""
+  c = official_content(seed=3)
+  order = np.random.default_rng(3).permutation(NUM_TRAIN)
+  c["train_list"] = [c["train_names"][i] for i in order]
+  root = write_files(tmp_path / "NUS-WIDE", c)
+  with through_disk_buckets() as bucket_sizes:
+    disk = build(root, tmp_path / "disk")
+  assert max(bucket_sizes) == 1 and sum(bucket_sizes) == NUM_TRAIN + NUM_TEST
+  train_states = np.concatenate([c["train_labels"], c["train_81"]], axis=1)
+  for split, names, feats, states in (
+      ("train", c["train_list"], c["train_features"][order], train_states[order]),
+      ("test", c["test_names"], c["test_features"], c["test_labels"])):
+    examples = list(disk.as_tf_dataset(split, mix_slices=0).as_numpy_iterator())
+    assert [ex["image_id"].decode() for ex in examples] == names
+    for ex, feat, state in zip(examples, feats, states):
+      np.testing.assert_array_equal(ex["features"], feat.T.astype(np.float16))
+      np.testing.assert_array_equal(ex["labels"], state)
+  build(root, tmp_path / "memory")  # tfds' default: every record stays in memory
+  shards = {d: {p.relative_to(tmp_path / d): p.read_bytes()
+                for p in (tmp_path / d).rglob("*.tfrecord*")} for d in ("disk", "memory")}
+  assert len(shards["disk"]) >= 2 and shards["disk"] == shards["memory"]
 
 
 def test_metadata(official):

@@ -295,6 +295,8 @@ import ml_collections  # noqa: E402
 from mlzsl_jax.data import get_dataset  # noqa: E402
 from mlzsl_jax.data import open_images as oi  # noqa: E402
 from mlzsl_jax.data import restricted_pickle  # noqa: E402
+from mlzsl_jax.data import tfds_common  # noqa: E402
+from tfds_buckets import through_disk_buckets  # noqa: E402
 
 NUM_SEEN, NUM_UNSEEN_ALL, NUM_TOP = 7186, 2594, 400
 TRAIN_FILES = ("CHUNK_5_CONV5_4_NO_CENTERCROP.h5", "CHUNK_10_CONV5_4_NO_CENTERCROP.h5",
@@ -548,11 +550,11 @@ def test_example_keys_keep_order_and_fill_every_bucket():
 def test_build_through_disk_buckets_keeps_file_order(official, tmp_path, monkeypatch):
   """With tfds' in-memory buffer at 0 bytes every example goes through the bucket files (the
   path a 340 GB build takes); the stored order is still the file order."""
-  from tensorflow_datasets.core import shuffle
-  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 0)
   scans, real_scan = [], oi.load_and_scan
   monkeypatch.setattr(oi, "load_and_scan", lambda d: scans.append(d) or real_scan(d))
-  builder = oi.prepare(str(official["manual"]), str(tmp_path), progress=False)
+  with through_disk_buckets() as bucket_sizes:
+    builder = oi.prepare(str(official["manual"]), str(tmp_path), progress=False)
+  assert max(bucket_sizes) == 1  # spread keys: a bucket per record, never the split in one
   assert len(scans) == 1  # validated once, before writing; the builder reuses it
   ids = [ex["image_id"].decode() for ex in oi.OpenImagesSource(builder)
          .as_tf_dataset("train").as_numpy_iterator()]
@@ -802,8 +804,7 @@ def test_bad_values_abort_the_build_and_leave_nothing(case, official, tmp_path, 
   """Found while writing (the last train file in sorted order, after 11 good examples went to
   tfds' bucket files on disk; or the test file, after the whole train split was written):
   the build fails naming file + key, and tfds' temporary folder is gone."""
-  from tensorflow_datasets.core import shuffle
-  monkeypatch.setattr(shuffle, "MAX_MEM_BUFFER_SIZE", 0)  # every example goes to disk
+  monkeypatch.setattr(tfds_common, "WRITE_BUFFER_BYTES", 0)  # every example goes to disk
   manual = _copy(official, tmp_path)
   suffix, change, message = BAD_WHILE_WRITING[case]
   split, fname = ("test", TEST_FILE) if suffix == "-unseenlabels" else ("train", TRAIN_FILES[0])

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 import scipy.io
 
+from tfds_buckets import through_disk_buckets
+
 from mlzsl_jax.data import get_dataset, xlsa17
 
 NAMES = ["antelope", "grizzly+bear", "killer+whale", "beaver", "dalmatian"]
@@ -94,8 +96,11 @@ def built(tmp_path_factory):
   res, splits = official_arrays()
   write_files(root / "data" / "AWA2", res, splits)
   data_dir = root / "tfds"
-  with pytest.warns(UserWarning, match="official release has"):
+  # Every record through tfds' disk buckets (the path of a large build): one record a bucket.
+  with through_disk_buckets() as bucket_sizes, pytest.warns(UserWarning,
+                                                            match="official release has"):
     source = get_dataset(data_config(root / "data", data_dir))
+  assert bucket_sizes and max(bucket_sizes) == 1, "keys not spread over tfds' buckets"
   return source, res, splits, root, data_dir
 
 

@@ -34,7 +34,9 @@ construction of akshitac8/Generative_MLZSL ``datasets/extract_features/preproces
   * train/validation: the first ``int(0.8 * N)`` names of img_names.pkl train, the rest validate.
   * images are read in the order of the name lists; h5 entries of unlisted images are ignored.
 The pickles are read with ``restricted_pickle`` (NumPy arrays, lists, dicts, strings only),
-never ``pickle.load``. The h5 files are read with h5py, one image at a time (bounded memory).
+never ``pickle.load``. The h5 files are read with h5py, one image at a time, and the records'
+keys are spread over tfds' bucket files (``tfds_common``): preparing holds at most tfds'
+write buffer plus 1/1000 of a split, whatever the number of images.
 
 Stored example (tfds, raw-bytes encoding; records in the order of the name lists):
   features: float16 [196, 512]  ``<name>-features`` transposed (region r = row * 14 + col)
@@ -562,8 +564,10 @@ class NusWide(tfds_common.LocalBuilder):
 
   def _generate_examples(self, index: NusWideIndex, split: str,
                          scene: tfds_common.SceneSource | None = None):
-    # With disable_shuffling tfds sorts records by key: the key is the position in the list.
-    yield from iter_examples(index, split, scene)
+    # With disable_shuffling tfds writes records in key order: the keys are the positions in
+    # the name list, spread over tfds' buckets (bounded memory; tfds_common.example_key).
+    yield from tfds_common.spread_keys(iter_examples(index, split, scene),
+                                       len(index.image_names[split]))
 
 
 class NusWideVgg19Scene(NusWide, skip_registration=True):

@@ -46,13 +46,15 @@ embedding files; name + size of every h5 file), provenance.
 Building ~1.7 M training images (~340 GB at fp16) in bounded memory. Both build paths read the
 h5 files ONE AT A TIME and one image at a time; no file is ever loaded whole.
 * Plain path (default, one process): tfds' writer spills to 1000 temporary bucket files once
-  1 GB is buffered and then sorts one bucket at a time; with ``disable_shuffling`` it keeps
-  the key order, so the keys here are the example positions spread evenly over tfds' 128-bit
-  key range (``example_key``): each bucket holds ~1/1000 of the split (~340 MB for the full
-  training split), instead of everything landing in the first bucket. Disk: the buckets hold
-  a second copy of the split until they are written out (~2x the final size transiently).
-  Measured on 20,012 images (a 4.2 GB split, 2 CPU cores): peak RSS 1.7 GB with the spread
-  keys against 4.7 GB with plain positions (which grows with the split); ~490 images/s.
+  ``tfds_common.WRITE_BUFFER_BYTES`` are buffered and then sorts one bucket at a time; with
+  ``disable_shuffling`` it keeps the key order, so the keys here are the example positions
+  spread evenly over tfds' 128-bit key range (``tfds_common.example_key``): each bucket holds
+  ~1/1000 of the split (~340 MB for the full training split), instead of everything landing
+  in the first bucket. Disk: the buckets hold a second copy of the split until they are
+  written out (~2x the final size transiently). Measured on 20,012 images (a 4.2 GB split,
+  2 CPU cores, tfds' 1 GB buffer then): peak RSS 1.7 GB with the spread keys against 4.7 GB
+  with plain positions (which grows with the split); ~490 images/s. The same scheme for
+  NUS-WIDE, with today's 256 MB buffer: ``benchmarks/prepare_memory.py``.
 * Apache Beam (a cluster): ``_generate_examples`` returns
   ``beam.Create(<h5 files with their first position>) | beam.FlatMap(<read one file>)``
   when a Beam runner or options are given (``prepare(..., beam_runner=..., beam_options=...)``
@@ -138,7 +140,6 @@ SUFFIX_FEATURES, SUFFIX_SEEN, SUFFIX_UNSEEN = "-features", "-seenlabels", "-unse
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 CONFIG_FILE = "configs/biam_open_images.py"  # named in the 'prepare with the scene' hint
 FP16_MAX = float(np.finfo(np.float16).max)
-KEY_SPACE = 1 << 128  # tfds' shuffler key range (128-bit)
 # (seen, unseen in unseen_labels.pkl, evaluated unseen) of the official release: a warning only.
 OFFICIAL_SIZES = (7186, 2594, 400)
 
@@ -501,16 +502,7 @@ class ReadSpec:
   scene_sha256: str = ""  # its SHA-256 when the build started (checked by every worker)
 
 
-def example_key(position: int, total: int, spread: bool = True) -> int:
-  """tfds key of the example at ``position`` (0-based) of a split of ``total`` examples.
-
-  With ``disable_shuffling`` tfds keeps the key order; its plain-path writer puts a key in
-  bucket ``floor(key * 1000 / 2**128)``. Spreading ``position * (2**128 // total)`` gives
-  each of the 1000 buckets ~total/1000 examples (sorted in memory one bucket at a time);
-  plain positions would all fall in bucket 0. Beam's writer normalises by the largest key,
-  so there ``spread=False`` (the position itself).
-  """
-  return position * (KEY_SPACE // max(total, 1)) if spread else position
+example_key = tfds_common.example_key  # keys spread over tfds' buckets (plain path)
 
 
 def _read(path: str, f: h5py.File, key: str) -> np.ndarray:

@@ -9,10 +9,23 @@ features. It is a separate tfds builder config (``SCENE_CONFIG_NAME``: stored un
 ``<data_dir>/<name>/vgg19_scene/<version>``); the plain dataset (``<data_dir>/<name>/<version>``)
 is untouched. The metadata records ``scene_dim``, the weights file's size and SHA-256
 (``scene_weights``) and a provenance line.
+
+Bounded memory at prepare (any number of images). Every builder here sets
+``disable_shuffling``: tfds then writes the records in key order. Its writer (tfds 4.9)
+keeps the serialized records in memory up to a buffer (1 GB by default; ``WRITE_BUFFER_BYTES``
+here), then spills them to 1000 temporary bucket files by ``floor(key * 1000 / 2**128)`` and,
+at the end, reads back and sorts one bucket at a time. Plain positions as keys all fall in
+bucket 0, which is then read back whole: the whole split in memory. So the keys are the
+positions spread evenly over the 128-bit key range (``example_key``, ``spread_keys``): the
+order is the same, the records and shards are byte-for-byte the same, and the largest bucket
+holds ~1/1000 of the split (~34 MB for NUS-WIDE's 161,789 training images, ~350 MB for Open
+Images' 1.7 M). Peak memory: the buffer plus one bucket. ``benchmarks/prepare_memory.py``
+measures it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -45,8 +58,61 @@ def prepare_generated(builder_cls, params, make_config: Callable, data_dir: str,
   return builder
 
 
+# ------------------------------------------------------------------ bounded-memory writing
+
+KEY_SPACE = 1 << 128  # tfds' shuffler key range (128-bit)
+# Serialized records tfds' writer holds before it spills to its bucket files (tfds: 1 GB).
+WRITE_BUFFER_BYTES = 256 << 20
+
+
+def example_key(position: int, total: int, spread: bool = True) -> int:
+  """tfds key of the example at ``position`` (0-based) of a split of ``total`` examples.
+
+  With ``disable_shuffling`` tfds writes records in key order; its generator-path writer puts
+  a key in bucket ``floor(key * 1000 / 2**128)``. ``position * (2**128 // total)`` keeps the
+  order and gives each of the 1000 buckets ~total/1000 examples; plain positions would all
+  fall in bucket 0 (read back whole). Beam's writer normalises by the largest key, so there
+  ``spread=False`` (the position itself).
+  """
+  if not 0 <= position < max(total, 1):
+    raise ValueError(f"example position {position} outside the split's {total} examples")
+  return position * (KEY_SPACE // max(total, 1)) if spread else position
+
+
+def spread_keys(examples: Iterable[tuple[int, Any]], total: int
+                ) -> Iterator[tuple[int, Any]]:
+  """(position, example) -> (``example_key(position, total)``, example), lazily."""
+  for position, example in examples:
+    yield example_key(position, total), example
+
+
+@contextlib.contextmanager
+def write_buffer(max_bytes: int) -> Iterator[None]:
+  """tfds' generator-path writer spills to its bucket files once ``max_bytes`` of serialized
+  records are buffered (instead of 1 GB), within this block."""
+  from tensorflow_datasets.core import shuffle  # pylint: disable=import-outside-toplevel
+  if not hasattr(shuffle, "MAX_MEM_BUFFER_SIZE"):
+    raise RuntimeError(f"tensorflow_datasets {tfds.__version__}: no "
+                       "shuffle.MAX_MEM_BUFFER_SIZE (the pinned 4.9.10 has it); pin that "
+                       "version")
+  before = shuffle.MAX_MEM_BUFFER_SIZE
+  shuffle.MAX_MEM_BUFFER_SIZE = int(max_bytes)
+  try:
+    yield
+  finally:
+    shuffle.MAX_MEM_BUFFER_SIZE = before
+
+
 class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """A builder over files the user already has (or generates): nothing is downloaded."""
+  """A builder over files the user already has (or generates): nothing is downloaded.
+
+  Preparing holds at most ``WRITE_BUFFER_BYTES`` of records plus one of tfds' 1000 buckets
+  when the keys are spread (``example_key``); see the module docstring.
+  """
+
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    with write_buffer(WRITE_BUFFER_BYTES):
+      return super()._download_and_prepare(dl_manager, download_config)
 
   @tfds.core.utils.classproperty
   @classmethod

@@ -29,6 +29,10 @@ Stored example (tfds, one dataset per subset, records in the order of the ``*_lo
                                number of the image in ``features`` ("1", "2", ...)
 Splits: "trainval", "test_seen", "test_unseen", and "test" = test_seen then test_unseen.
 
+Memory at prepare: ``res101.mat`` is read whole (a MATLAB v5 file cannot be read in parts;
+AwA2's is ~300 MB of float32, the largest subset); tfds' writer then holds at most its
+buffer plus one bucket (record keys spread over its buckets: ``tfds_common``).
+
 Dataset metadata (tfds MetadataDict, JSON): label_names (``allclasses_names`` in our order,
 as stored), original_class_ids (the 1-based id of each of our labels), seen_labels /
 unseen_labels (our indices), grid_shape (1, 1), feature_dim 2048, num_examples per split,
@@ -476,9 +480,11 @@ class Xlsa17(tfds_common.LocalBuilder):
     return {split: self._generate_examples(data, split) for split in SPLITS}
 
   def _generate_examples(self, data: Xlsa17Data, split: str) -> Iterator[tuple[int, dict]]:
-    # With disable_shuffling tfds sorts records by key: the key is the position in the split.
+    # With disable_shuffling tfds writes records in key order: the keys are the positions in
+    # the split, spread over tfds' buckets (bounded memory; tfds_common.example_key).
+    total = len(data.locations[split])
     for position, index in enumerate(data.locations[split]):
-      yield position, {
+      yield tfds_common.example_key(position, total), {
           "features": data.features[index][None, :],
           "labels": data.labels(index),
           "image_id": data.image_ids[index],
