@@ -19,8 +19,8 @@ PLUGINS_tpu := libtpu
 OTHER_PLUGINS := $(filter-out $(PLUGINS_$(ACCEL)),$(foreach a,$(ACCELS),$(PLUGINS_$(a))))
 STAMP := $(VENV)/.installed-$(ACCEL)
 
-.PHONY: setup setup-torch check-platform demo demo-mosaic test bench bench-gpu compare \
-	compare-pytorch clean
+.PHONY: setup setup-torch setup-compile check-platform demo demo-mosaic test bench bench-gpu \
+	compare compare-pytorch clean
 
 $(STAMP): requirements.txt $(ACCEL_REQS) pyproject.toml
 	test -x $(VENV)/bin/python || $(PY) -m venv $(VENV)
@@ -45,14 +45,22 @@ check-platform: setup
 setup-torch: setup
 	$(VENV)/bin/pip install -q torch==2.13.0
 
+# libtpu (XLA's TPU compiler) for `main compile --topology v5e:16x16` on this machine: kept
+# in .cache/libtpu, outside the venv, so ordinary commands never load it (with libtpu
+# installed, every `import jax` off a TPU VM prints libtpu's host warnings).
+LIBTPU_PIN := $(shell grep -E '^libtpu==' requirements-tpu.txt)
+setup-compile: setup
+	test -d .cache/libtpu/libtpu || $(VENV)/bin/pip install -q --no-deps --target .cache/libtpu $(LIBTPU_PIN)
+
 demo: setup
 	$(RUN) -m mlzsl_jax.main train --config configs/biam_digits.py:data=colours --workdir workdirs/demo_colours
 
 demo-mosaic: setup
 	$(RUN) -m mlzsl_jax.main train --config configs/biam_digits.py --workdir workdirs/biam_digits
 
+# Two workers (CI has 2 cores); a test file's tests stay on one worker (module fixtures).
 test: setup
-	$(RUN) -m pytest -q tests --durations=15
+	$(RUN) -m pytest -q -n 2 --dist loadfile tests --durations=15
 
 compare: setup
 	$(RUN) scripts/compare_models.py --data colours

@@ -7,8 +7,12 @@ embedding source can embed, with region-map PNGs), prepare (build the dataset),
 convert --init_from=OFFICIAL_WEIGHTS (into the workdir's checkpoint of step 0),
 sweep (every point of the config file's get_sweep(), or --launcher=local|slurm|tpu_pod to
 print one launch command per point), plots (PNG figures of a trained workdir),
-report DIR... [--csv F] [--markdown F] (one table from results.json files), and
-extract --image_dir D --out_dir O --weights VGG19.pth (features of a folder of images).
+report DIR... [--csv F] [--markdown F] (one table from results.json files),
+extract --image_dir D --out_dir O --weights VGG19.pth (features of a folder of images), and
+compile --topology v5e:16x16 [--num_slices N] [--top_bytes N] [--max_batch] (the config's
+programs compiled for a TPU topology on this CPU machine: per-chip memory, FLOP, bytes,
+collectives, a roofline estimate; exit 1 when a program does not fit; needs libtpu:
+make setup-compile).
 
 Any config field can be overridden: --config.train.num_epochs=5. Unknown fields and wrong
 types fail at start, naming the field.
@@ -60,6 +64,16 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "predict: folder of the region-m
                                "(default WORKDIR/predict).")
 
 
+_TOPOLOGY = flags.DEFINE_string("topology", None, "compile: TPU topology, e.g. v5e:16x16, "
+                                "v4:2x2x2, v5p:4x4x8, v6e:8x8.")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "compile: slices of --topology "
+                                   "(multi-slice).")
+_TOP_BYTES = flags.DEFINE_integer("top_bytes", 0, "compile: list the N ops that move the "
+                                  "most bytes per program.")
+_MAX_BATCH = flags.DEFINE_bool("max_batch", False, "compile: search the largest global "
+                               "train batch that fits.")
+
+
 _LAUNCHER = flags.DEFINE_string(
     "launcher", None, "sweep: print one command per unfinished point for launch/<launcher> "
     "(local, slurm, tpu_pod) instead of running the points here.")
@@ -68,6 +82,21 @@ _EXAMPLES = flags.DEFINE_list("examples", ["0"], "plots: test-set indices of the
                               "whose region-score maps are drawn.")
 _LOCALIZE = flags.DEFINE_integer("localize", 100, "plots: count region-map peaks on the "
                                  "label's own cell over this many test images (digits).")
+
+
+def _compile(config, workdir):
+  """Compiles the config's programs for --topology (a TPU this machine need not have)."""
+  del workdir
+  if not _TOPOLOGY.value:
+    raise app.UsageError("compile needs --topology (e.g. v5e:16x16)")
+  from mlzsl_jax.compile import command, topology
+  spec = config_flags.get_config_filename(flags.FLAGS["config"])
+  try:
+    status = command.run(config, spec, _TOPOLOGY.value, _NUM_SLICES.value, _TOP_BYTES.value,
+                         _MAX_BATCH.value)
+  except (topology.LibtpuMissing, ValueError) as e:
+    raise SystemExit(f"error: {e}") from None
+  raise SystemExit(status)
 
 
 def _train(config, workdir):
@@ -149,7 +178,8 @@ def _plots(config, workdir):
 
 
 COMMANDS = {"train": _train, "evaluate": _evaluate, "prepare": _prepare, "convert": _convert,
-            "sweep": _sweep, "plots": _plots, "reproduce": _reproduce, "predict": _predict}
+            "sweep": _sweep, "plots": _plots, "reproduce": _reproduce, "predict": _predict,
+            "compile": _compile}
 NEEDS_WORKDIR = {"train", "evaluate", "convert", "sweep", "plots", "reproduce", "predict"}
 
 
@@ -214,6 +244,10 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep libraries quiet
   if _CONFIG.value is None or (argv[1] in NEEDS_WORKDIR and not _WORKDIR.value):
     raise app.UsageError("--config (and, except for prepare, --workdir) are required")
+  if argv[1] == "compile":  # runs on this machine's CPU for a topology it does not have
+    from mlzsl_jax import accelerator
+    accelerator.select_backend(accelerator.Expectation("cpu", "the compile command"))
+    return _compile(_CONFIG.value, None)
   from mlzsl_jax import distributed
   _start_platform(_CONFIG.value.get("platform", "auto"),
                   lambda: distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,

@@ -80,7 +80,8 @@ import tensorflow_datasets as tfds
 from mlzsl_jax.data import embeddings as emb_lib
 from mlzsl_jax.data import restricted_pickle
 from mlzsl_jax.data import tfds_common
-from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
+from mlzsl_jax.data.source import (DatasetMeta, meta_from_tfds, register_dataset,
+                                   register_dataset_shapes, shapes_meta)
 
 TRAIN_H5 = os.path.join("features", "nus_wide_train.h5")
 TEST_H5 = os.path.join("features", "nus_wide_test.h5")
@@ -735,3 +736,18 @@ def nus_wide_factory(data_config) -> NusWideSource:
                                scene=scene, scene_weights=scene_weights),
                        train_mix_slices=int(data_config.get("mix_slices", 256)),
                        mix_seed=int(data_config.get("seed", 0)))
+
+
+@register_dataset_shapes("nus_wide")
+def nus_wide_shapes(data_config) -> DatasetMeta:
+  """The official release's sizes (no file read): 925 + 81 labels, GloVe 300, [196, 512]
+  regions, the scene feature's 4096 with data.scene='vgg19', the official split sizes."""
+  num_seen, num_unseen, num_train, num_test = OFFICIAL_SIZES
+  scene, _ = tfds_common.scene_option(data_config)
+  k = train80_size(num_train)
+  return shapes_meta(
+      "nus_wide", num_seen + num_unseen, {EMBEDDING_SOURCE: 300}, GRID_SHAPE, FEATURE_DIM,
+      4096 if scene == "vgg19" else 0,
+      {"train": num_train, "train80": k, "val20": num_train - k,
+       "lesa_train": num_train - LESA_VAL_SIZE, "lesa_val": LESA_VAL_SIZE, "test": num_test},
+      "shapes of the official BiAM NUS-WIDE release (no data)")

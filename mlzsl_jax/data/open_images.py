@@ -114,7 +114,8 @@ from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from mlzsl_jax.data import tfds_common
-from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
+from mlzsl_jax.data.source import (DatasetMeta, meta_from_tfds, register_dataset,
+                                   register_dataset_shapes, shapes_meta)
 
 if __name__ == "__main__":
   # ``python -m mlzsl_jax.data.open_images``: run the ``main`` of the module as imported (the
@@ -883,6 +884,22 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, *,
     builder._scene = None  # pylint: disable=protected-access
     tfds_common.release_scene_sources()
   return builder
+
+
+# Images of BiAM's feature files, rounded (the files are not here to count): ~1.7 M training
+# images (docs/reproduce.md) and the ~125 k test images of Open Images v4's test split.
+APPROX_IMAGES = {"train": 1_700_000, "test": 125_000}
+
+
+@register_dataset_shapes("open_images")
+def open_images_shapes(data_config) -> DatasetMeta:
+  """The official release's label sizes (7186 seen + the 400 evaluated unseen), GloVe 300,
+  [196, 512] regions, the scene's 4096 with data.scene='vgg19', image counts rounded."""
+  num_seen, _, num_top = OFFICIAL_SIZES
+  scene, _ = tfds_common.scene_option(data_config)
+  return shapes_meta("open_images", num_seen + num_top, {EMBEDDING_SOURCE: 300}, GRID_SHAPE,
+                     FEATURE_DIM, 4096 if scene == "vgg19" else 0, APPROX_IMAGES,
+                     "shapes of BiAM's Open Images v4 release (no data; image counts rounded)")
 
 
 @register_dataset("open_images")

@@ -100,3 +100,34 @@ def get_dataset(data_config) -> DatasetSource:
   """Build the dataset named ``data_config.name``."""
   import mlzsl_jax.data.builtin  # noqa: F401  (registers the built-in datasets)
   return DATASETS.get(data_config.name)(data_config)
+
+
+# A dataset whose files are large (the official benchmarks) also registers its shapes:
+# ``shapes(data_config) -> DatasetMeta`` with the official sizes and random unit-norm label
+# embeddings of the right widths, known without any file, for ``main compile``.
+DATASET_SHAPES: Registry[Callable[..., DatasetMeta]] = Registry("dataset shapes", "data.name")
+register_dataset_shapes = DATASET_SHAPES.register
+
+
+def dataset_shapes(data_config) -> DatasetMeta:
+  """The dataset's ``DatasetMeta`` without its files when it registered its shapes, else the
+  prepared (or generated) dataset's own metadata."""
+  import mlzsl_jax.data.builtin  # noqa: F401  (registers the built-in datasets)
+  if data_config.name in DATASET_SHAPES.names():
+    return DATASET_SHAPES.get(data_config.name)(data_config)
+  return get_dataset(data_config).meta
+
+
+def shapes_meta(name: str, num_labels: int, embedding_dims: dict[str, int],
+                grid_shape: tuple[int, int], feature_dim: int, scene_dim: int,
+                num_examples: dict[str, int], provenance: str) -> DatasetMeta:
+  """A ``DatasetMeta`` of the given sizes; label embeddings random unit rows (seeded)."""
+  rng = np.random.default_rng(0)
+  embeddings = {}
+  for source, dim in embedding_dims.items():
+    emb = rng.normal(size=(num_labels, dim)).astype(np.float32)
+    embeddings[source] = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+  return DatasetMeta(name=name, label_names=tuple(f"label_{i}" for i in range(num_labels)),
+                     embeddings=embeddings, grid_shape=tuple(grid_shape),
+                     feature_dim=feature_dim, scene_dim=scene_dim,
+                     num_examples=dict(num_examples), provenance=provenance)

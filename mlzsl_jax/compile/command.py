@@ -1,0 +1,117 @@
+"""``python -m mlzsl_jax.main compile --config CFG[:args] --topology NAME``: compile a
+config's programs for a TPU topology on this (CPU) machine and report per chip.
+
+  --topology v5e:16x16   a TPU slice: v4:2x2x2, v5e:2x2 .. v5e:16x16, v5p:4x4x8, v6e:8x8, ...
+  --num_slices N         a multi-slice job of N such slices
+  --top_bytes N          the N ops that move the most bytes, with the model code they come from
+  --max_batch            also search the largest global train batch that fits
+  --config.mesh.* / --config.train.batch_size (global) / --config.eval.batch_size as for train
+
+Exit status 1 when a program does not fit a chip's HBM (its largest buffers named).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from mlzsl_jax.compile import chips, programs, report, topology
+from mlzsl_jax.data.source import DatasetMeta, dataset_shapes
+
+
+def protocol_image_epochs(spec: str, config, meta: DatasetMeta) -> float:
+  """Training image-epochs of the config's whole protocol: the phases of its
+  ``get_phases()`` (each phase's epochs x its training split's images), else the config's
+  own epochs x images (every image counted: an upper bound where images are filtered)."""
+  from mlzsl_jax import phases  # pylint: disable=import-outside-toplevel
+  try:
+    configs = [c for _, c, _ in phases.plan(spec, config, "/nonexistent")] if spec else [config]
+  except ValueError as e:
+    if "get_phases" not in str(e):
+      raise
+    configs = [config]
+  return float(sum(int(c.train.num_epochs) * meta.num_examples.get(c.data.train_split, 0)
+                   for c in configs))
+
+
+def compile_all(config, meta: DatasetMeta, devices, names=programs.PROGRAMS
+                ) -> list[programs.Compiled]:
+  """The configured programs compiled for ``devices`` (see ``programs``)."""
+  trainer = programs.make_trainer(config, meta, devices)
+  builders = {
+      "train_step": lambda: programs.train_step(trainer, int(config.train.batch_size)),
+      "eval_forward": lambda: programs.eval_forward(trainer, int(config.eval.batch_size)),
+      "metrics": lambda: programs.test_metrics(
+          trainer, int(meta.num_examples.get(config.data.test_split, config.eval.batch_size)),
+          tuple(config.eval.ks)),
+  }
+  return [builders[name]() for name in names]
+
+
+def max_train_batch(config, meta: DatasetMeta, devices, chip: chips.Chip,
+                    say: Callable[[str], None], limit: int = 1 << 20) -> int:
+  """The largest global train batch (a multiple of the mesh's data axis) whose train step
+  fits a chip; 0 when even one row per data shard does not."""
+  data = len(devices) // int(config.mesh.model)
+  def fits(batch: int) -> bool:
+    c = config.copy_and_resolve_references()
+    c.train.batch_size = batch
+    program = compile_all(c, meta, devices, ("train_step",))[0]
+    if program.compiled is None:
+      say(f"  batch {batch} ({batch // data} per data shard): does not fit ({program.error})")
+      return False
+    analysis = report.analyse(program)
+    ok = report.fits(analysis, chip)
+    say(f"  batch {batch} ({batch // data} per data shard): {analysis.total / 2**20:,.0f} MiB "
+        f"per chip, {'fits' if ok else 'does not fit'}")
+    return ok
+  lo, hi = 0, data
+  while hi <= limit and fits(hi):  # doubling, then bisection on multiples of `data`
+    lo, hi = hi, hi * 2
+  while hi - lo > data:
+    mid = (lo + hi) // 2 // data * data
+    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+  return lo
+
+
+def run(config, spec: str, topology_name: str, num_slices: int = 1, top_bytes: int = 0,
+        search_max_batch: bool = False, say: Callable[[str], None] = print) -> int:
+  """Compiles and reports (module docstring); returns the exit status (0, or 1 when a
+  program does not fit)."""
+  chip, devices = topology.devices(topology_name, num_slices)
+  meta = dataset_shapes(config.data)
+  data, model = len(devices) // int(config.mesh.model), int(config.mesh.model)
+  say(f"compile for {topology_name}" + (f" x {num_slices} slices" if num_slices > 1 else "")
+      + f": {len(devices)} x {chip.device_kind} ({chip.hbm_bytes / 1e9:.0f} GB HBM, "
+      f"{chip.peak_bf16_flops / 1e12:.0f} bf16 TFLOP/s, {chip.hbm_bytes_per_s / 1e9:,.0f} GB/s;"
+      f" {chip.source}); mesh data={data} x model={model}; {meta.name}: "
+      f"{meta.num_labels} labels, regions [{meta.num_regions}, {meta.feature_dim}]"
+      f"{f', scene {meta.scene_dim}' if meta.scene_dim else ''}; {config.model.name}, "
+      f"dtype {config.dtype}; global train batch {config.train.batch_size}, eval batch "
+      f"{config.eval.batch_size}")
+  image_epochs = protocol_image_epochs(spec, config, meta)
+  status = 0
+  for program in compile_all(config, meta, devices):
+    if program.compiled is None:
+      status = 1
+      say(f"== {program.name}: does not fit {chip.device_kind} HBM "
+          f"({chip.hbm_bytes / 1e9:.1f} GB): {program.error}\n  largest arguments per chip:")
+      for path, size in program.arguments[:5]:
+        say(f"    argument {path}: {size / 2**20:,.1f} MiB")
+      say("  fits: no")
+      continue
+    analysis = report.analyse(program)
+    epochs = image_epochs if program.name == "train_step" else 0.0
+    say(report.format_report(analysis, chip, len(devices), top_bytes, epochs))
+    if not report.fits(analysis, chip):
+      status = 1
+      say(f"  {program.name} does not fit {chip.device_kind} HBM "
+          f"({chip.hbm_bytes / 1e9:.1f} GB); largest buffers per chip:")
+      for line in report.largest_buffers(analysis):
+        say(f"    {line}")
+  if search_max_batch:
+    say("largest global train batch that fits:")
+    best = max_train_batch(config, meta, devices, chip, say)
+    say(f"max_batch: {best} ({best // data if data else 0} per data shard)"
+        if best else "max_batch: none (one row per data shard does not fit)")
+  say(f"fits: {'yes' if status == 0 else 'no'}")
+  return status

@@ -1,0 +1,181 @@
+"""``main compile``: a tiny config compiled for a TPU v5e 2x2 slice on this CPU machine
+(libtpu's compiler, compile-only devices), its per-chip memory report against a hand count
+under the partition rules, a program that cannot fit (exit 1, its largest buffers named),
+and the HLO reading (collectives, bytes per op) on a hand-written module.
+
+libtpu comes from ``make setup-compile`` (.cache/libtpu); without it these tests skip,
+except where ``MLZSL_REQUIRE_LIBTPU=1`` (CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mlzsl_jax import step
+from mlzsl_jax.compile import chips, command, hlo, report, topology
+from mlzsl_jax.data.source import dataset_shapes
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "biam_synthetic.py"
+
+
+def _libtpu_available() -> bool:
+  return (importlib.util.find_spec("libtpu") is not None
+          or (pathlib.Path(topology.libtpu_dir()) / "libtpu").is_dir())
+
+
+needs_libtpu = pytest.mark.skipif(
+    not _libtpu_available() and os.environ.get("MLZSL_REQUIRE_LIBTPU") != "1",
+    reason="libtpu not installed (make setup-compile)")
+
+
+def tiny_config(mesh_model: int = 2):
+  spec = importlib.util.spec_from_file_location("biam_synthetic_cfg", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("small=True")
+  c.train.batch_size = c.eval.batch_size = 8
+  c.mesh.data, c.mesh.model = 4 // mesh_model, mesh_model
+  return c
+
+
+@pytest.fixture(scope="module")
+def compiled():
+  """The tiny config's three programs for v5e:2x2 (4 chips) on a data=2 x model=2 mesh."""
+  config = tiny_config()
+  chip, devices = topology.devices("v5e:2x2")
+  meta = dataset_shapes(config.data)
+  programs = command.compile_all(config, meta, devices)
+  return config, meta, chip, {p.name: p for p in programs}
+
+
+def _hand_state_bytes(config, meta) -> tuple[int, int]:
+  """(parameter bytes, model-state bytes) per chip: kernels and biases split over the 2-way
+  'model' axis on their last dimension (the default rules), everything else replicated."""
+  _, params, model_state = step.build_model(config, meta, 0)
+  def per_chip(tree) -> int:
+    total = 0
+    import jax  # pylint: disable=import-outside-toplevel
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+      name = str(path[-1].key)
+      size = leaf.size * leaf.dtype.itemsize
+      split = name in ("kernel", "bias") and leaf.shape[-1] % 2 == 0
+      total += size // 2 if split else size
+    return total
+  return per_chip(params), per_chip(model_state)
+
+
+@needs_libtpu
+def test_memory_report_matches_a_hand_count(compiled):
+  config, meta, chip, programs = compiled
+  assert chip.name == "v5e" and chip.hbm_bytes == 16 * 10**9
+  train = programs["train_step"]
+  assert train.devices_used == 4 and train.images_per_call == 8
+  params, model_state = _hand_state_bytes(config, meta)
+  args = dict(train.arguments)
+  state = sum(v for k, v in args.items() if k.startswith("state/"))
+  # params + Adam's mu and nu (same shapes and shardings) + BatchNorm statistics + the
+  # scalars (step, the rng key, Adam's step count): at most a few bytes each.
+  assert 0 < state - (3 * params + model_state) <= 64
+  seen, regions, dim = len(config.data.seen_labels), meta.num_regions, meta.feature_dim
+  batch = 8 // 2 * (regions * dim * 2 + seen)  # rows over the 2-way 'data' axis; f16 + int8
+  assert sum(v for k, v in args.items() if k.startswith("batch/")) == batch
+  assert args["label_emb/"] == seen * meta.embedding("random").shape[1] * 4  # replicated
+  analysis = report.analyse(train)
+  logical = sum(args.values())
+  # XLA's own count pads every array to TPU tiles (at most 4 KiB per (8, 128) 32-bit tile
+  # of the two minor dimensions); it never holds less than the logical bytes.
+  leaves = len(args)
+  assert logical <= analysis.arguments <= logical + leaves * 4 * 8 * 128 * 4
+  assert analysis.aliased > 0  # the state is donated
+  assert analysis.total == (analysis.arguments + analysis.outputs + analysis.temporaries
+                            + analysis.generated_code - analysis.aliased)
+  assert analysis.flops > 0 and analysis.bytes_accessed > 0
+  kinds = {c.kind for c in analysis.collectives}
+  assert "all-reduce" in kinds  # gradients summed over the data axis
+  text = report.format_report(analysis, chip, 4, top_bytes=3, image_epochs=1000.0)
+  assert "fits: yes" in text and "estimate (roofline, not measured)" in text
+  assert len(re.findall(r"^\s+[\d,.]+ MiB ", text, re.M)) == 3  # the --top_bytes rows
+  forward = report.analyse(programs["eval_forward"])
+  assert forward.aliased == 0 and report.fits(forward, chip)
+  metrics = programs["metrics"]
+  assert metrics.devices_used == 1 and report.fits(report.analyse(metrics), chip)
+
+
+@needs_libtpu
+def test_a_program_that_cannot_fit_exits_1_naming_its_largest_buffers(tmp_path):
+  """2^25 images per step (16 per chip of 1 KiB features each... 16 GiB of features per chip):
+  beyond a v5e chip's 16 GB; the command says so, names the batch, and exits 1."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+         "MLZSL_LIBTPU_DIR": topology.libtpu_dir()}
+  proc = subprocess.run(
+      [sys.executable, "-m", "mlzsl_jax.main", "compile", f"--config={CONFIG}:small=True",
+       "--topology=v5e:2x2", "--config.train.batch_size=33554432",
+       "--config.eval.batch_size=8"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  out = proc.stdout
+  assert proc.returncode == 1 and "train_step" in out, out[-2000:] + proc.stderr[-3000:]
+  assert "train_step" in out and "does not fit" in out
+  assert re.search(r"argument batch/features: [\d,.]+ MiB", out)
+  assert out.strip().splitlines()[-1] == "fits: no"
+  assert "Traceback" not in proc.stderr
+
+
+def test_topology_names_and_missing_libtpu(monkeypatch, tmp_path):
+  assert topology.parse_name("v5p:4x4x8")[0].name == "v5p"
+  for bad in ("v5e", "v7x:2x2", "h100:8", ":2x2"):
+    with pytest.raises(ValueError, match="expected <generation>:<shape>"):
+      topology.parse_name(bad)
+  monkeypatch.setenv(topology.LIBTPU_ENV, str(tmp_path / "nowhere"))
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+  with pytest.raises(topology.LibtpuMissing, match="make setup-compile"):
+    topology.use_libtpu()
+  with pytest.raises(ValueError, match="no published figures"):
+    chips.chip_for("TPU v9")
+
+
+def test_hlo_collectives_and_bytes_per_op():
+  """A hand-written optimised module: sizes are elements x dtype bytes, collectives are
+  counted by kind (async starts once), and the top op by bytes comes first."""
+  text = """HloModule m
+
+%add (a: f32[], b: f32[]) -> f32[] {
+  %a = f32[] parameter(0)
+  %b = f32[] parameter(1)
+  ROOT %s = f32[] add(%a, %b)
+}
+
+ENTRY %main (p0: bf16[32,196,512], p1: f32[512,256]) -> f32[32,256] {
+  %p0 = bf16[32,196,512]{2,1,0:T(8,128)(2,1)} parameter(0)
+  %p1 = f32[512,256]{1,0:T(8,128)} parameter(1)
+  %fusion.1 = f32[32,196,256]{2,1,0} fusion(%p0, %p1), kind=kOutput, calls=%add, metadata={op_name="jit(f)/dot_general" stack_frame_id=3}
+  %all-reduce-start = f32[512,256]{1,0} all-reduce-start(%p1), channel_id=1, to_apply=%add
+  %all-reduce-done = f32[512,256]{1,0} all-reduce-done(%all-reduce-start)
+  %all-gather = f32[64,256]{1,0} all-gather(%p1), dimensions={0}
+  ROOT %reduce = f32[32,256]{1,0} fusion(%fusion.1), kind=kLoop, calls=%add
+}
+"""
+  ops = hlo.parse_ops(text)
+  by_name = {op.name: op for op in ops}
+  fusion = by_name["fusion.1"]
+  assert fusion.entry and fusion.op_name == "jit(f)/dot_general"
+  assert fusion.operand_bytes == 32 * 196 * 512 * 2 + 512 * 256 * 4
+  assert fusion.output_bytes == 32 * 196 * 256 * 4
+  assert hlo.shape_bytes("(f32[2,3], s8[4], pred[])") == 24 + 4 + 1
+  assert hlo.short_shape("bf16[32,196]{1,0:T(8,128)(2,1)}") == "bf16[32,196]"
+  found = {c.kind: c for c in hlo.collectives(ops)}
+  assert found["all-reduce"].count == 1 and found["all-reduce"].bytes == 512 * 256 * 4
+  assert found["all-gather"].bytes == 64 * 256 * 4
+  assert [op.name for op in hlo.top_ops(ops, 2)] == ["fusion.1", "reduce"]
+  assert all(op.opcode != "parameter" for op in hlo.top_ops(ops, 10))
+  assert not any(op.entry for op in ops if op.computation == "add")
+  np.testing.assert_allclose(
+      report.COLLECTIVE_FACTOR["all-reduce"] * found["all-reduce"].bytes, 2 * 512 * 256 * 4)
