@@ -19,7 +19,7 @@ PLUGINS_tpu := libtpu
 OTHER_PLUGINS := $(filter-out $(PLUGINS_$(ACCEL)),$(foreach a,$(ACCELS),$(PLUGINS_$(a))))
 STAMP := $(VENV)/.installed-$(ACCEL)
 
-.PHONY: setup setup-torch setup-compile check-platform demo demo-mosaic test bench bench-gpu \
+.PHONY: setup setup-torch setup-compile check-newer-jax check-platform demo demo-mosaic test bench bench-gpu \
 	compare compare-pytorch clean
 
 $(STAMP): requirements.txt $(ACCEL_REQS) pyproject.toml
@@ -51,6 +51,11 @@ setup-torch: setup
 LIBTPU_PIN := $(shell grep -E '^libtpu==' requirements-tpu.txt)
 setup-compile: setup
 	test -d .cache/libtpu/libtpu || $(VENV)/bin/pip install -q --no-deps --target .cache/libtpu $(LIBTPU_PIN)
+
+# The TensorFlow-free step and benchmarks/gpu.sh under jax 0.11 (the GPU machine's), in a
+# second venv (.cache/venv-jax011; needs Python >= 3.12).
+check-newer-jax:
+	bash scripts/check_newer_jax.sh
 
 demo: setup
 	$(RUN) -m mlzsl_jax.main train --config configs/biam_digits.py:data=colours --workdir workdirs/demo_colours

@@ -117,6 +117,16 @@ def collectives(ops: list[Op]) -> list[Collective]:
   return [Collective(k, len(v), float(sum(v))) for k, v in sorted(found.items())]
 
 
+ASYNC_MOVES = ("copy-start", "slice-start")
+
+
+def async_move_bytes(ops: list[Op]) -> float:
+  """Bytes of the top-level asynchronous copies and slices (XLA TPU's moves between HBM
+  and on-chip memory, and prefetches), counted as XLA's cost analysis counts them: operand
+  plus the whole result tuple, which repeats the operand."""
+  return sum(op.bytes for op in ops if op.entry and op.opcode in ASYNC_MOVES)
+
+
 def top_ops(ops: list[Op], count: int) -> list[Op]:
   """The ``count`` top-level (entry computation) ops that move the most bytes."""
   movers = [op for op in ops if op.entry and op.opcode not in _FREE

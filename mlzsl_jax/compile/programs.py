@@ -131,9 +131,9 @@ def test_metrics(trainer: Trainer, num_images: int, ks: Sequence[int]) -> Compil
   zsl_cols, gzsl_cols = metrics._check_views(  # pylint: disable=protected-access
       seen + unseen, range(seen), range(seen, seen + unseen), ks)
   one = SingleDeviceSharding(trainer.mesh.devices.flat[0])
+  blocks = metrics_device._blocks  # pylint: disable=protected-access
   block = metrics_device.DEFAULT_LABEL_BLOCK
-  gzsl_blocks = metrics_device._blocks(gzsl_cols, block)  # pylint: disable=protected-access
-  zsl_blocks = metrics_device._blocks(np.arange(zsl_cols.size), block)  # pylint: disable=protected-access
+  gzsl_blocks, zsl_blocks = blocks(gzsl_cols, block), blocks(np.arange(zsl_cols.size), block)
   args = {
       "scores": _struct((num_images, seen + unseen), jnp.float32, one),
       "labels": _struct((num_images, seen + unseen), jnp.int8, one),

@@ -77,6 +77,13 @@ def estimate(a: Analysis, chip: chips.Chip) -> Estimate:
                   moved / chip.interconnect_bytes_per_s)
 
 
+def duration(seconds: float) -> str:
+  """'42 s', '3.5 min', '2.25 h'."""
+  if seconds < 60:
+    return f"{seconds:.1f} s"
+  return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.2f} h"
+
+
 def _mib(x: float) -> str:
   return f"{x / MIB:,.1f} MiB"
 
@@ -110,6 +117,12 @@ def format_report(a: Analysis, chip: chips.Chip, num_chips: int, top_bytes: int 
   lines.append(f"  per chip per call: {a.flops / 1e9:,.1f} GFLOP, {a.bytes_accessed / 1e9:,.3f}"
                f" GB accessed, {intensity:,.1f} FLOP/byte (ridge "
                f"{chip.ridge_flop_per_byte:,.0f}){per_image}")
+  moves = hlo.async_move_bytes(a.ops)
+  if moves and a.bytes_accessed:
+    share = 100 * moves / a.bytes_accessed
+    lines.append(f"  of the bytes accessed: {moves / 1e9:,.3f} GB ({share:.0f}%) in async "
+                 f"copies/slices between HBM and on-chip memory (copy-start, slice-start; "
+                 f"each counted with its operand twice)")
   if a.collectives:
     parts = [f"{c.kind} x{c.count} ({_mib(c.bytes)})" for c in a.collectives]
     lines.append("  collectives: " + ", ".join(parts))
@@ -124,7 +137,7 @@ def format_report(a: Analysis, chip: chips.Chip, num_chips: int, top_bytes: int 
     row += f"; {pod / num_chips:,.0f} images/s per chip, {pod:,.0f} images/s for the pod"
     if image_epochs:
       row += (f"; the config's protocol ({image_epochs:,.0f} training image-epochs): "
-              f"{image_epochs / pod / 3600:,.2f} h")
+              f"{duration(image_epochs / pod)}")
   lines.append(row)
   if top_bytes:
     lines.append(f"  top {top_bytes} ops by bytes moved (operands + output, logical sizes):")
