@@ -19,9 +19,10 @@ from mlzsl_jax.data.source import DatasetMeta, dataset_shapes
 
 
 def protocol_image_epochs(spec: str, config, meta: DatasetMeta) -> float:
-  """Training image-epochs of the config's whole protocol: the phases of its
-  ``get_phases()`` (each phase's epochs x its training split's images), else the config's
-  own epochs x images (every image counted: an upper bound where images are filtered)."""
+  """Training images of the config's whole protocol: the phases of its ``get_phases()``
+  (each phase's epochs x its training split's images, or its ``train.num_steps`` x the
+  global batch), else the config's own (every image counted: an upper bound where images
+  are filtered)."""
   from mlzsl_jax import phases  # pylint: disable=import-outside-toplevel
   try:
     configs = [c for _, c, _ in phases.plan(spec, config, "/nonexistent")] if spec else [config]
@@ -29,8 +30,12 @@ def protocol_image_epochs(spec: str, config, meta: DatasetMeta) -> float:
     if "get_phases" not in str(e):
       raise
     configs = [config]
-  return float(sum(int(c.train.num_epochs) * meta.num_examples.get(c.data.train_split, 0)
-                   for c in configs))
+  def images(c) -> int:  # train.num_steps, when set, fixes the length instead of epochs
+    steps = int(c.train.get("num_steps", 0) or 0)
+    if steps > 0:
+      return steps * int(config.train.batch_size)
+    return int(c.train.num_epochs) * meta.num_examples.get(c.data.train_split, 0)
+  return float(sum(images(c) for c in configs))
 
 
 def compile_all(config, meta: DatasetMeta, devices, names=programs.PROGRAMS
