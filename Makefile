@@ -45,12 +45,15 @@ check-platform: setup
 setup-torch: setup
 	$(VENV)/bin/pip install -q torch==2.13.0
 
-# libtpu (XLA's TPU compiler) for `main compile --topology v5e:16x16` on this machine: kept
-# in .cache/libtpu, outside the venv, so ordinary commands never load it (with libtpu
-# installed, every `import jax` off a TPU VM prints libtpu's host warnings).
+# XLA's TPU compiler (libtpu) and JAX's CUDA plugin for `main compile --topology v5e:16x16`
+# (or h100:8) on this machine: kept in .cache/, outside the venv, so ordinary commands never
+# load them (with libtpu installed, every `import jax` off a TPU VM prints host warnings).
+# The CUDA plugin's two wheels (~480 MB) compile for GPUs without CUDA's libraries.
 LIBTPU_PIN := $(shell grep -E '^libtpu==' requirements-tpu.txt)
+CUDA_PLUGIN_PINS := jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2
 setup-compile: setup
 	test -d .cache/libtpu/libtpu || $(VENV)/bin/pip install -q --no-deps --target .cache/libtpu $(LIBTPU_PIN)
+	test -d .cache/cuda_plugin/jax_cuda12_plugin || $(VENV)/bin/pip install -q --no-deps --target .cache/cuda_plugin $(CUDA_PLUGIN_PINS)
 
 # The TensorFlow-free step and benchmarks/gpu.sh under jax 0.11 (the GPU machine's), in a
 # second venv (.cache/venv-jax011; needs Python >= 3.12).

@@ -9,9 +9,9 @@ sweep (every point of the config file's get_sweep(), or --launcher=local|slurm|t
 print one launch command per point), plots (PNG figures of a trained workdir),
 report DIR... [--csv F] [--markdown F] (one table from results.json files),
 extract --image_dir D --out_dir O --weights VGG19.pth (features of a folder of images), and
-compile --topology v5e:16x16 [--num_slices N] [--top_bytes N] [--max_batch] (the config's
-programs compiled for a TPU topology on this CPU machine: per-chip memory, FLOP, bytes,
-collectives, a roofline estimate; exit 1 when a program does not fit; needs libtpu:
+compile --topology v5e:16x16|h100:8 [--num_slices N] [--top_bytes N] [--max_batch] (the
+config's programs compiled for a TPU slice or GPUs on this CPU machine: per-chip memory,
+FLOP, bytes, collectives, a roofline estimate; exit 1 when a program does not fit; needs
 make setup-compile).
 
 Any config field can be overridden: --config.train.num_epochs=5. Unknown fields and wrong
@@ -64,8 +64,8 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None, "predict: folder of the region-m
                                "(default WORKDIR/predict).")
 
 
-_TOPOLOGY = flags.DEFINE_string("topology", None, "compile: TPU topology, e.g. v5e:16x16, "
-                                "v4:2x2x2, v5p:4x4x8, v6e:8x8.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "compile: TPU slice (v5e:16x16, v4:2x2x2, "
+                                "v5p:4x4x8, v6e:8x8) or GPUs (h100:8, h200:4x8).")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "compile: slices of --topology "
                                    "(multi-slice).")
 _TOP_BYTES = flags.DEFINE_integer("top_bytes", 0, "compile: list the N ops that move the "

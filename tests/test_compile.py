@@ -1,10 +1,11 @@
 """``main compile``: a tiny config compiled for a TPU v5e 2x2 slice on this CPU machine
 (libtpu's compiler, compile-only devices), its per-chip memory report against a hand count
 under the partition rules, a program that cannot fit (exit 1, its largest buffers named),
-and the HLO reading (collectives, bytes per op) on a hand-written module.
+the same config for 8 H100s (JAX's CUDA plugin, no GPU), and the HLO reading (collectives,
+bytes per op) on a hand-written module.
 
-libtpu comes from ``make setup-compile`` (.cache/libtpu); without it these tests skip,
-except where ``MLZSL_REQUIRE_LIBTPU=1`` (CI) makes that a failure.
+libtpu and the CUDA plugin come from ``make setup-compile`` (.cache/); without them these
+tests skip, except where ``MLZSL_REQUIRE_LIBTPU=1`` (CI) makes that a failure.
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ def _libtpu_available() -> bool:
 needs_libtpu = pytest.mark.skipif(
     not _libtpu_available() and os.environ.get("MLZSL_REQUIRE_LIBTPU") != "1",
     reason="libtpu not installed (make setup-compile)")
+needs_cuda_plugin = pytest.mark.skipif(
+    importlib.util.find_spec("jax_cuda12_plugin") is None
+    and not (pathlib.Path(topology.cuda_plugin_dir()) / "jax_cuda12_plugin").is_dir()
+    and os.environ.get("MLZSL_REQUIRE_LIBTPU") != "1",
+    reason="JAX's CUDA plugin not in .cache/cuda_plugin (make setup-compile)")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
+         "MLZSL_LIBTPU_DIR": topology.libtpu_dir(),
+         "MLZSL_CUDA_PLUGIN_DIR": topology.cuda_plugin_dir()}
+  return subprocess.run([sys.executable, "-m", "mlzsl_jax.main", "compile", *args], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=600)
 
 
 def tiny_config(mesh_model: int = 2):
@@ -114,13 +128,8 @@ def test_memory_report_matches_a_hand_count(compiled):
 def test_a_program_that_cannot_fit_exits_1_naming_its_largest_buffers(tmp_path):
   """2^25 images per step (16 per chip of 1 KiB features each... 16 GiB of features per chip):
   beyond a v5e chip's 16 GB; the command says so, names the batch, and exits 1."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "3",
-         "MLZSL_LIBTPU_DIR": topology.libtpu_dir()}
-  proc = subprocess.run(
-      [sys.executable, "-m", "mlzsl_jax.main", "compile", f"--config={CONFIG}:small=True",
-       "--topology=v5e:2x2", "--config.train.batch_size=33554432",
-       "--config.eval.batch_size=8"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  proc = _cli(f"--config={CONFIG}:small=True", "--topology=v5e:2x2",
+              "--config.train.batch_size=33554432", "--config.eval.batch_size=8")
   out = proc.stdout
   assert proc.returncode == 1 and "train_step" in out, out[-2000:] + proc.stderr[-3000:]
   assert "train_step" in out and "does not fit" in out
@@ -129,15 +138,38 @@ def test_a_program_that_cannot_fit_exits_1_naming_its_largest_buffers(tmp_path):
   assert "Traceback" not in proc.stderr
 
 
+@needs_cuda_plugin
+def test_compiles_for_eight_h100s_without_a_gpu():
+  """The CUDA plugin's compile-only devices for a card described from its facts: the same
+  three programs, GPU memory per device, FLOP from the CPU twin (GPU programs carry no cost
+  analysis), the gradients' all-reduce over the 8 GPUs."""
+  proc = _cli(f"--config={CONFIG}:small=True", "--topology=h100:8",
+              "--config.train.batch_size=16", "--config.eval.batch_size=16", "--top_bytes=2")
+  out = proc.stdout
+  assert proc.returncode == 0, out[-2000:] + proc.stderr[-3000:]
+  assert "8 x NVIDIA H100 80GB HBM3" in out and "85.5 GB HBM" in out
+  train = out.split("== train_step")[1].split("==")[0]
+  assert "(8 device(s)" in train and "all-reduce" in train and "fits: yes" in train
+  line = re.search(r"per chip per call: .*", train).group(0)
+  assert "nan" not in line and "lowered for the CPU" in train
+  assert out.count("fits: yes") == 4  # three programs and the verdict
+
+
 def test_topology_names_and_missing_libtpu(monkeypatch, tmp_path):
   assert topology.parse_name("v5p:4x4x8")[0].name == "v5p"
-  for bad in ("v5e", "v7x:2x2", "h100:8", ":2x2"):
+  assert topology.parse_name("h200:4x8")[0].platform == "gpu"
+  for bad in ("v5e", "v7x:2x2", "a100:8", ":2x2"):
     with pytest.raises(ValueError, match="expected <generation>:<shape>"):
       topology.parse_name(bad)
   monkeypatch.setenv(topology.LIBTPU_ENV, str(tmp_path / "nowhere"))
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
   with pytest.raises(topology.LibtpuMissing, match="make setup-compile"):
     topology.use_libtpu()
+  monkeypatch.setenv(topology.CUDA_PLUGIN_ENV, str(tmp_path / "nowhere"))
+  with pytest.raises(topology.LibtpuMissing, match="make setup-compile"):
+    topology.use_cuda_plugin()
+  with pytest.raises(ValueError, match="h100:<GPUs>"):
+    topology.devices("h100:two")
   with pytest.raises(ValueError, match="no published figures"):
     chips.chip_for("TPU v9")
 

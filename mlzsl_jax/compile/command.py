@@ -1,7 +1,8 @@
 """``python -m mlzsl_jax.main compile --config CFG[:args] --topology NAME``: compile a
 config's programs for a TPU topology on this (CPU) machine and report per chip.
 
-  --topology v5e:16x16   a TPU slice: v4:2x2x2, v5e:2x2 .. v5e:16x16, v5p:4x4x8, v6e:8x8, ...
+  --topology v5e:16x16   a TPU slice: v4:2x2x2, v5e:2x2 .. v5e:16x16, v5p:4x4x8, v6e:8x8, ...;
+                         or GPUs: h100:8 (one host of 8), h200:4x8 (4 hosts of 8)
   --num_slices N         a multi-slice job of N such slices
   --top_bytes N          the N ops that move the most bytes, with the model code they come from
   --max_batch            also search the largest global train batch that fits
@@ -38,18 +39,43 @@ def protocol_image_epochs(spec: str, config, meta: DatasetMeta) -> float:
   return float(sum(images(c) for c in configs))
 
 
+def _builders(config, meta: DatasetMeta, trainer, compile_it: bool = True) -> dict:
+  return {
+      "train_step": lambda: programs.train_step(trainer, int(config.train.batch_size),
+                                                compile_it),
+      "eval_forward": lambda: programs.eval_forward(trainer, int(config.eval.batch_size),
+                                                    compile_it),
+      "metrics": lambda: programs.test_metrics(
+          trainer, int(meta.num_examples.get(config.data.test_split, config.eval.batch_size)),
+          tuple(config.eval.ks), compile_it),
+  }
+
+
+def _cpu_flops(config, meta: DatasetMeta, name: str) -> float:
+  """FLOPs of one whole call of program ``name``: XLA's cost analysis of the same program
+  lowered (not compiled) for one CPU device (GPU programs come with no cost analysis)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax import sharding as shd  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.step import Trainer  # pylint: disable=import-outside-toplevel
+  twin = Trainer(config, meta, shd.make_mesh(1, 1, jax.devices("cpu")[:1]), 1000)
+  cost = _builders(config, meta, twin, compile_it=False)[name]().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float((cost or {}).get("flops", float("nan")))
+
+
 def compile_all(config, meta: DatasetMeta, devices, names=programs.PROGRAMS
                 ) -> list[programs.Compiled]:
   """The configured programs compiled for ``devices`` (see ``programs``)."""
   trainer = programs.make_trainer(config, meta, devices)
-  builders = {
-      "train_step": lambda: programs.train_step(trainer, int(config.train.batch_size)),
-      "eval_forward": lambda: programs.eval_forward(trainer, int(config.eval.batch_size)),
-      "metrics": lambda: programs.test_metrics(
-          trainer, int(meta.num_examples.get(config.data.test_split, config.eval.batch_size)),
-          tuple(config.eval.ks)),
-  }
-  return [builders[name]() for name in names]
+  builders = _builders(config, meta, trainer)
+  out = [builders[name]() for name in names]
+  for program in out:
+    cost = program.compiled.cost_analysis() if program.compiled is not None else None
+    if program.compiled is not None and not cost:
+      program.flops = _cpu_flops(config, meta, program.name) / program.devices_used
+      program.flops_source = ("XLA cost analysis of the same program lowered for the CPU, "
+                              "divided over the devices")
+  return out
 
 
 def max_train_batch(config, meta: DatasetMeta, devices, chip: chips.Chip,

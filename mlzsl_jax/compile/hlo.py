@@ -18,7 +18,7 @@ DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16"
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
                "collective-permute")
 # ops that move no data of their own
-_FREE = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all",
+FREE_OPS = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all",
          "partition-id", "replica-id"}
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][a-z0-9\-]*)\((.*)$")
@@ -129,6 +129,6 @@ def async_move_bytes(ops: list[Op]) -> float:
 
 def top_ops(ops: list[Op], count: int) -> list[Op]:
   """The ``count`` top-level (entry computation) ops that move the most bytes."""
-  movers = [op for op in ops if op.entry and op.opcode not in _FREE
+  movers = [op for op in ops if op.entry and op.opcode not in FREE_OPS
             and not op.opcode.endswith("-done")]
   return sorted(movers, key=lambda op: -op.bytes)[:count]

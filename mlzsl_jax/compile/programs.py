@@ -28,6 +28,8 @@ from mlzsl_jax.data.source import DatasetMeta
 from mlzsl_jax.step import Trainer
 
 PROGRAMS = ("train_step", "eval_forward", "metrics")
+# XLA options per platform: GPU autotuning and Triton GEMM tiling need a real GPU.
+COMPILER_OPTIONS = {"gpu": {"xla_gpu_enable_triton_gemm": False, "xla_gpu_autotune_level": 0}}
 
 
 @dataclasses.dataclass
@@ -40,6 +42,8 @@ class Compiled:
   compile_seconds: float
   devices_used: int  # devices the program runs on
   error: str = ""  # the compiler's out-of-memory message when ``compiled`` is None
+  flops: float | None = None  # per device, when XLA's cost analysis of ``compiled`` has none
+  flops_source: str = "XLA cost analysis"
 
 
 def is_out_of_memory(error: Exception) -> bool:
@@ -85,14 +89,18 @@ def per_chip_bytes(tree, prefix: str = "") -> list[tuple[str, int]]:
 
 
 def _compile(name: str, lower: Callable[[], Any], images: int, args: dict[str, Any],
-             devices_used: int) -> Compiled:
+             devices_used: int, compile_it: bool = True) -> Compiled | Any:
+  """The compiled program (``compile_it``), else just the lowered one (for its FLOPs)."""
+  if not compile_it:
+    return lower()
   start = time.perf_counter()
+  platform = next(iter(next(iter(jax.tree.leaves(args))).sharding.device_set)).platform
   arguments = []
   for key, tree in args.items():
     arguments += per_chip_bytes(tree, key + "/")
   arguments.sort(key=lambda x: -x[1])
   try:
-    compiled, error = lower().compile(), ""
+    compiled, error = lower().compile(COMPILER_OPTIONS.get(platform)), ""
   except Exception as e:  # noqa: BLE001 (XLA raises XlaRuntimeError)
     if not is_out_of_memory(e):
       raise
@@ -101,7 +109,7 @@ def _compile(name: str, lower: Callable[[], Any], images: int, args: dict[str, A
                   devices_used, error)
 
 
-def train_step(trainer: Trainer, batch_size: int) -> Compiled:
+def train_step(trainer: Trainer, batch_size: int, compile_it: bool = True) -> Compiled:
   """The jitted train step, global batch ``batch_size``."""
   state = trainer.abstract_state()
   batch = abstract_batch(trainer.meta, batch_size, len(trainer.split.seen),
@@ -109,10 +117,10 @@ def train_step(trainer: Trainer, batch_size: int) -> Compiled:
   emb = _replicated(trainer.emb_seen, trainer.repl)
   return _compile("train_step", lambda: trainer.train_step.lower(state, batch, emb),
                   batch_size, {"state": state, "batch": batch, "label_emb": emb},
-                  trainer.mesh.size)
+                  trainer.mesh.size, compile_it)
 
 
-def eval_forward(trainer: Trainer, batch_size: int) -> Compiled:
+def eval_forward(trainer: Trainer, batch_size: int, compile_it: bool = True) -> Compiled:
   """The evaluation forward (ZSL and GZSL scores) of a global batch ``batch_size``."""
   state = trainer.abstract_state()
   batch = abstract_batch(trainer.meta, batch_size, None, trainer.batch_sharding)
@@ -121,10 +129,11 @@ def eval_forward(trainer: Trainer, batch_size: int) -> Compiled:
       "eval_forward",
       lambda: trainer.predict.lower(state.params, state.model_state, batch, embs),
       batch_size, {"params": state.params, "model_state": state.model_state, "batch": batch,
-                   "label_emb": embs}, trainer.mesh.size)
+                   "label_emb": embs}, trainer.mesh.size, compile_it)
 
 
-def test_metrics(trainer: Trainer, num_images: int, ks: Sequence[int]) -> Compiled:
+def test_metrics(trainer: Trainer, num_images: int, ks: Sequence[int],
+                 compile_it: bool = True) -> Compiled:
   """``metrics_device``'s device part over ``num_images`` test images (one device)."""
   split = trainer.split
   seen, unseen = len(split.seen), len(split.unseen)
@@ -146,4 +155,4 @@ def test_metrics(trainer: Trainer, num_images: int, ks: Sequence[int]) -> Compil
       lambda: metrics_device._evaluate_core.lower(  # pylint: disable=protected-access
           args["scores"], args["labels"], args["zsl_scores"], *args["columns"],
           kmax=max(ks)),
-      0, args, 1)
+      0, args, 1, compile_it)

@@ -30,6 +30,7 @@ class Analysis:
   collectives: list[hlo.Collective]
   ops: list[hlo.Op]
   program: Compiled
+  xla_cost: bool = True  # FLOP and bytes from XLA's cost analysis of this program
 
   @property
   def total(self) -> int:
@@ -44,11 +45,14 @@ def analyse(program: Compiled) -> Analysis:
   cost = compiled.cost_analysis() or {}
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   ops = hlo.parse_ops(compiled.as_text())
+  flops = float(cost.get("flops", program.flops if program.flops is not None else math.nan))
+  # No cost analysis (GPU programs): the bytes of the top-level ops' operands and outputs.
+  moved = cost.get("bytes accessed", sum(op.bytes for op in ops if op.entry
+                                         and op.opcode not in hlo.FREE_OPS))
   return Analysis(program.name, int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes),
                   int(mem.temp_size_in_bytes), int(mem.alias_size_in_bytes),
-                  int(mem.generated_code_size_in_bytes), float(cost.get("flops", math.nan)),
-                  float(cost.get("bytes accessed", math.nan)), hlo.collectives(ops), ops,
-                  program)
+                  int(mem.generated_code_size_in_bytes), flops, float(moved),
+                  hlo.collectives(ops), ops, program, bool(cost))
 
 
 def fits(a: Analysis, chip: chips.Chip) -> bool:
@@ -117,6 +121,9 @@ def format_report(a: Analysis, chip: chips.Chip, num_chips: int, top_bytes: int 
   lines.append(f"  per chip per call: {a.flops / 1e9:,.1f} GFLOP, {a.bytes_accessed / 1e9:,.3f}"
                f" GB accessed, {intensity:,.1f} FLOP/byte (ridge "
                f"{chip.ridge_flop_per_byte:,.0f}){per_image}")
+  if not a.xla_cost:
+    lines.append(f"  (no XLA cost analysis for this platform: FLOP from the "
+                 f"{a.program.flops_source}; bytes = the top-level ops' operands + outputs)")
   moves = hlo.async_move_bytes(a.ops)
   if moves and a.bytes_accessed:
     share = 100 * moves / a.bytes_accessed

@@ -1,14 +1,20 @@
-"""Compile-only devices of a TPU topology, on a machine without TPUs (libtpu needed).
+"""Compile-only devices of a TPU slice or of NVIDIA GPUs, on a machine without them.
 
 ``devices("v5e:16x16")`` -> the 256 devices XLA's TPU compiler targets for a v5e 16x16 slice
 (``jax.experimental.topologies.get_topology_desc``); ``num_slices`` > 1 describes a
 multi-slice job (devices carry ``slice_index``). v4 is described with one device per chip
 ("megacore", as v4 jobs run), so a device is a chip on every generation here.
 
-libtpu is looked up as an installed package first (a TPU VM), then in ``MLZSL_LIBTPU_DIR``
-(default ``<repo>/.cache/libtpu``, where ``make setup-compile`` puts it), so that ordinary
-CPU commands never load it: with libtpu installed, every ``import jax`` on a machine without
-TPUs prints libtpu's host warnings.
+GPUs: ``devices("h100:8")`` (one host of 8), ``"h200:4x8"`` (4 hosts of 8): the CUDA plugin's
+compile-only devices for a card described by ``chips.gpu_target_config`` (no GPU, driver or
+CUDA library needed: the plugin's two wheels compile and emit GPU code). The plugin must be
+found before JAX starts its backends (it registers then).
+
+libtpu and the CUDA plugin are looked up as installed packages first (a TPU VM, a GPU
+machine), then in ``MLZSL_LIBTPU_DIR`` / ``MLZSL_CUDA_PLUGIN_DIR`` (default
+``<repo>/.cache/libtpu`` / ``.cache/cuda_plugin``, where ``make setup-compile`` puts them),
+so that ordinary CPU commands never load them: with libtpu installed, every ``import jax``
+on a machine without TPUs prints libtpu's host warnings.
 """
 
 from __future__ import annotations
@@ -23,15 +29,47 @@ from mlzsl_jax.compile import chips
 
 LIBTPU_ENV = "MLZSL_LIBTPU_DIR"
 LIBTPU_PIN = "libtpu==0.0.42.1"  # requirements-tpu.txt's pin, for the same jax
+CUDA_PLUGIN_ENV = "MLZSL_CUDA_PLUGIN_DIR"
+CUDA_PLUGIN_PINS = "jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2"
 
 
 class LibtpuMissing(RuntimeError):
   """libtpu (XLA's TPU compiler) is not installed where ``compile`` looks for it."""
 
 
+def _cache_dir(env: str, name: str) -> str:
+  default = pathlib.Path(__file__).resolve().parents[2] / ".cache" / name
+  return os.environ.get(env) or str(default)
+
+
 def libtpu_dir() -> str:
-  default = pathlib.Path(__file__).resolve().parents[2] / ".cache" / "libtpu"
-  return os.environ.get(LIBTPU_ENV) or str(default)
+  return _cache_dir(LIBTPU_ENV, "libtpu")
+
+
+def cuda_plugin_dir() -> str:
+  return _cache_dir(CUDA_PLUGIN_ENV, "cuda_plugin")
+
+
+def use_cuda_plugin() -> None:
+  """Makes JAX's CUDA 12 plugin discoverable (module docstring); LibtpuMissing-style error
+  with the install command when it is nowhere, RuntimeError when JAX's backends already
+  started without it."""
+  if importlib.util.find_spec("jax_cuda12_plugin") is None:
+    folder = cuda_plugin_dir()
+    if not os.path.isdir(os.path.join(folder, "jax_cuda12_plugin")):
+      raise LibtpuMissing(
+          f"compiling for GPUs needs JAX's CUDA plugin, not found as a package nor in "
+          f"{folder} (${CUDA_PLUGIN_ENV}); install it there with: make setup-compile "
+          f"(= pip install --no-deps --target {folder} {CUDA_PLUGIN_PINS})")
+    if folder not in sys.path:
+      sys.path.insert(0, folder)
+    importlib.invalidate_caches()
+  # No CUDA driver here: the plugin's start-up version check would fail and skip it.
+  os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
+  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
+  if xla_bridge._backends and "cuda" not in xla_bridge._backend_factories:  # pylint: disable=protected-access
+    raise RuntimeError("compiling for GPUs: JAX started its backends before the CUDA plugin "
+                       "was found; call topology.devices('h100:8') first in the process")
 
 
 def use_libtpu() -> None:
@@ -64,15 +102,35 @@ def parse_name(name: str) -> tuple[chips.Chip, str]:
   known = {c.name: c for c in chips.CHIPS}
   if not sep or generation not in known or not shape:
     raise ValueError(f"--topology={name!r}: expected <generation>:<shape>, e.g. v5e:16x16, "
-                     f"v4:2x2x2, v5p:4x4x8, v6e:8x8; generations: {', '.join(known)}")
+                     f"v4:2x2x2, v5p:4x4x8, v6e:8x8, h100:8, h200:4x8 (hosts x GPUs); "
+                     f"generations: {', '.join(known)}")
   return known[generation], shape
 
 
+def _gpu_devices(chip: chips.Chip, shape: str, name: str) -> list[Any]:
+  """Compile-only GPUs: shape 'G' (one host of G) or 'HxG' (H hosts of G each)."""
+  parts = shape.split("x")
+  if not all(p.isdigit() and int(p) > 0 for p in parts) or len(parts) > 2:
+    raise ValueError(f"--topology={name!r}: expected {chip.name}:<GPUs> or "
+                     f"{chip.name}:<hosts>x<GPUs per host>, e.g. {chip.name}:8")
+  hosts, per_host = (1, int(parts[0])) if len(parts) == 1 else map(int, parts)
+  use_cuda_plugin()
+  from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
+  desc = topologies.get_topology_desc(platform="cuda", topology=f"1 x {hosts} x {per_host}",
+                                      target_config=chips.gpu_target_config(chip))
+  return list(desc.devices)
+
+
 def devices(name: str, num_slices: int = 1) -> tuple[chips.Chip, list[Any]]:
-  """(chip, compile-only devices) of TPU topology ``name`` x ``num_slices`` slices."""
-  chip, _ = parse_name(name)
+  """(chip, compile-only devices) of topology ``name`` (x ``num_slices`` TPU slices)."""
+  chip, shape = parse_name(name)
   if num_slices < 1:
     raise ValueError(f"--num_slices={num_slices}: expected >= 1")
+  if chip.platform == "gpu":
+    if num_slices != 1:
+      raise ValueError(f"--num_slices={num_slices}: slices are TPU pods' (for GPUs give "
+                       f"hosts: {chip.name}:<hosts>x<GPUs>)")
+    return chip, _gpu_devices(chip, shape, name)
   use_libtpu()
   from jax.experimental import topologies  # pylint: disable=import-outside-toplevel
   kwargs: dict[str, Any] = {"num_slices": num_slices} if num_slices > 1 else {}
