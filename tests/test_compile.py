@@ -211,3 +211,31 @@ ENTRY %main (p0: bf16[32,196,512], p1: f32[512,256]) -> f32[32,256] {
   assert not any(op.entry for op in ops if op.computation == "add")
   np.testing.assert_allclose(
       report.COLLECTIVE_FACTOR["all-reduce"] * found["all-reduce"].bytes, 2 * 512 * 256 * 4)
+
+
+@pytest.mark.parametrize("base,per_image,expect_zero", [
+    (10 * 2**20, 3 * 2**20, False),       # ~5,400 images per chip fit a v5e chip
+    (2**30, 5_000_000, False),
+    (17 * 10**9, 1000, True),             # even one row per shard does not fit
+])
+def test_max_batch_search_finds_the_limit_within_a_64th(base, per_image, expect_zero):
+  """The search against an affine per-chip memory (what the compiler reports, in effect):
+  the answer fits, the next batch 1/64 larger does not, in a dozen compiles or fewer."""
+  chip, data = chips.chip_for("TPU v5 lite"), 4
+  calls = []
+
+  def measure(batch):
+    calls.append(batch)
+    assert batch % data == 0 and batch > 0
+    return base + per_image * (batch // data)
+
+  config = tiny_config(mesh_model=1)
+  best = command.max_train_batch(config, None, list(range(data)), chip, lambda s: None,
+                                 measure=measure)
+  if expect_zero:
+    assert best == 0 and len(calls) == 1
+    return
+  exact = (chip.hbm_bytes - base) // per_image * data  # the largest fitting multiple
+  assert best % data == 0 and measure(best) <= chip.hbm_bytes
+  assert exact - max(data, exact // 64) <= best <= exact
+  assert len(calls) <= 13

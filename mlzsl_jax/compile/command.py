@@ -79,26 +79,49 @@ def compile_all(config, meta: DatasetMeta, devices, names=programs.PROGRAMS
 
 
 def max_train_batch(config, meta: DatasetMeta, devices, chip: chips.Chip,
-                    say: Callable[[str], None], limit: int = 1 << 20) -> int:
+                    say: Callable[[str], None], limit: int = 1 << 20,
+                    measure: Callable[[int], int | None] | None = None) -> int:
   """The largest global train batch (a multiple of the mesh's data axis) whose train step
-  fits a chip; 0 when even one row per data shard does not."""
+  fits a chip, to within 1/64 (0 when one row per data shard does not fit; ``limit`` when
+  that fits). Per-chip memory is near-affine in the batch: two compiles predict the limit,
+  then bisection confirms it (about 8-10 compiles in all). ``measure(batch)`` -> per-chip
+  bytes or None (the compiler ran out of memory) replaces the compiles (tests)."""
   data = len(devices) // int(config.mesh.model)
-  def fits(batch: int) -> bool:
+
+  def memory(batch: int) -> int | None:
+    """Per-chip bytes of the train step at ``batch`` (None: the compiler ran out of memory)."""
+    if measure is not None:
+      return measure(batch)
     c = config.copy_and_resolve_references()
     c.train.batch_size = batch
     program = compile_all(c, meta, devices, ("train_step",))[0]
     if program.compiled is None:
       say(f"  batch {batch} ({batch // data} per data shard): does not fit ({program.error})")
-      return False
-    analysis = report.analyse(program)
-    ok = report.fits(analysis, chip)
-    say(f"  batch {batch} ({batch // data} per data shard): {analysis.total / 2**20:,.0f} MiB "
-        f"per chip, {'fits' if ok else 'does not fit'}")
-    return ok
-  lo, hi = 0, data
-  while hi <= limit and fits(hi):  # doubling, then bisection on multiples of `data`
-    lo, hi = hi, hi * 2
-  while hi - lo > data:
+      return None
+    total = report.analyse(program).total
+    say(f"  batch {batch} ({batch // data} per data shard): {total / 2**20:,.0f} MiB per chip, "
+        f"{'fits' if total <= chip.hbm_bytes else 'does not fit'}")
+    return total
+
+  def fits(batch: int) -> bool:
+    used = memory(batch)
+    return used is not None and used <= chip.hbm_bytes
+
+  first = memory(data)
+  if first is None or first > chip.hbm_bytes:
+    return 0
+  lo, hi = data, 4 * data
+  second = memory(hi)
+  if second is not None and second <= chip.hbm_bytes:
+    lo = hi
+    slope = (second - first) / (3 * data)
+    guess = int((chip.hbm_bytes - first) / slope) if slope > 0 else limit
+    hi = min(max(guess * 5 // 4 // data * data, 2 * lo), limit)
+    while hi < limit and fits(hi):  # the prediction was low: keep doubling
+      lo, hi = hi, min(2 * hi, limit)
+    if hi >= limit and fits(limit):
+      return limit
+  while hi - lo > max(data, lo // 64):
     mid = (lo + hi) // 2 // data * data
     lo, hi = (mid, hi) if fits(mid) else (lo, mid)
   return lo
