@@ -1,6 +1,6 @@
 """Evaluation metrics for multi-label (and single-label) zero-shot learning, in NumPy.
 
-Protocol: /work/shared/spec/metrics.md (LESA ``core/utils.py`` and BiAM ``util_nus.py``).
+Protocol: shared/spec/metrics.md (LESA ``core/utils.py`` and BiAM ``util_nus.py``).
 
 Label states: 1 = positive, -1 = negative, 0 = unknown (not annotated).
 

@@ -1,7 +1,7 @@
 """Multi-label ZSL / GZSL metrics on the accelerator (JAX, jit-compiled).
 
 The same metrics, keys and rules as ``mlzsl_jax.metrics.evaluate_multilabel`` (protocol:
-/work/shared/spec/metrics.md), computed on device so that NUS-WIDE's 107,859 x 1006 test
+shared/spec/metrics.md), computed on device so that NUS-WIDE's 107,859 x 1006 test
 matrix takes a fraction of a second instead of a minute of NumPy:
 
 * Per-label AP: the label's column is sorted once by score (descending; unknown entries,

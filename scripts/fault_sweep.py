@@ -143,7 +143,8 @@ def main():
     kind = KINDS[i % len(KINDS)]
     workdir = root / f"trial{i:02d}_{kind}"
     i += 1
-    what = run_trial(kind, workdir, data_dir, rng, ref_seconds)
+    # the run's lines name its workdir; relative to the repository, so the log is portable
+    what = run_trial(kind, workdir, data_dir, rng, ref_seconds).replace(f"{ROOT}/", "")
     if what.startswith("NOT LANDED"):
       missed += 1
       print(f"[trial {i}] {kind}: {what}; not counted", flush=True)
