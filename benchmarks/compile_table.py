@@ -29,6 +29,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
 
+from mlzsl_jax import sweep  # noqa: E402
 from mlzsl_jax.compile import command, report, topology  # noqa: E402
 from mlzsl_jax.data.source import dataset_shapes  # noqa: E402
 
@@ -56,18 +57,12 @@ def load_config(name: str, dtype: str):
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  for field, value in overrides.items():
-    node = config
-    *parents, leaf = field.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  overrides = {**overrides, "dtype": dtype}
   if "data.num_seen" in overrides:
-    seen, unseen = config.data.num_seen, config.data.num_unseen
-    config.data.seen_labels = tuple(range(seen))
-    config.data.unseen_labels = tuple(range(seen, seen + unseen))
-  config.dtype = dtype
+    seen, unseen = overrides["data.num_seen"], overrides["data.num_unseen"]
+    overrides["data.seen_labels"] = tuple(range(seen))
+    overrides["data.unseen_labels"] = tuple(range(seen, seen + unseen))
+  config = sweep.apply_overrides(module.get_config(arg or None), overrides, where=name)
   return config, f"{path}:{arg}" if arg else path
 
 
@@ -87,7 +82,7 @@ def row(name: str, topology_name: str, per_chip: int, dtype: str, max_batch: boo
   a = report.analyse(program)
   est = report.estimate(a, chip)
   pod = program.images_per_call / est.step_s
-  epochs = command.protocol_image_epochs(spec, config, meta)
+  epochs = command.protocol_images(spec, config, meta)
   per_image = program.images_per_call / len(devices)
   best = ""
   if max_batch:

@@ -94,7 +94,7 @@ def _compile(config, workdir):
   try:
     status = command.run(config, spec, _TOPOLOGY.value, _NUM_SLICES.value, _TOP_BYTES.value,
                          _MAX_BATCH.value)
-  except (topology.LibtpuMissing, ValueError) as e:
+  except (topology.CompilerMissing, ValueError) as e:
     raise SystemExit(f"error: {e}") from None
   raise SystemExit(status)
 

@@ -115,7 +115,7 @@ def test_memory_report_matches_a_hand_count(compiled):
   assert analysis.flops > 0 and analysis.bytes_accessed > 0
   kinds = {c.kind for c in analysis.collectives}
   assert "all-reduce" in kinds  # gradients summed over the data axis
-  text = report.format_report(analysis, chip, 4, top_bytes=3, image_epochs=1000.0)
+  text = report.format_report(analysis, chip, 4, top_bytes=3, protocol_images=1000.0)
   assert "fits: yes" in text and "estimate (roofline, not measured)" in text
   assert len(re.findall(r"^\s+[\d,.]+ MiB ", text, re.M)) == 3  # the --top_bytes rows
   forward = report.analyse(programs["eval_forward"])
@@ -163,10 +163,10 @@ def test_topology_names_and_missing_libtpu(monkeypatch, tmp_path):
       topology.parse_name(bad)
   monkeypatch.setenv(topology.LIBTPU_ENV, str(tmp_path / "nowhere"))
   monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
-  with pytest.raises(topology.LibtpuMissing, match="make setup-compile"):
+  with pytest.raises(topology.CompilerMissing, match="make setup-compile"):
     topology.use_libtpu()
   monkeypatch.setenv(topology.CUDA_PLUGIN_ENV, str(tmp_path / "nowhere"))
-  with pytest.raises(topology.LibtpuMissing, match="make setup-compile"):
+  with pytest.raises(topology.CompilerMissing, match="make setup-compile"):
     topology.use_cuda_plugin()
   with pytest.raises(ValueError, match="h100:<GPUs>"):
     topology.devices("h100:two")

@@ -539,12 +539,12 @@ def test_files_are_streamed_one_at_a_time(official, monkeypatch):
 def test_example_keys_keep_order_and_fill_every_bucket():
   from tensorflow_datasets.core import shuffle
   total = 250_000
-  keys = [oi.example_key(i, total) for i in range(total)]
+  keys = [tfds_common.example_key(i, total) for i in range(total)]
   assert keys == sorted(keys) and len(set(keys)) == total and keys[-1] < 1 << 128
   buckets = np.bincount([shuffle.get_bucket_number(k, shuffle.BUCKETS_NUMBER) for k in keys],
                         minlength=shuffle.BUCKETS_NUMBER)
   assert buckets.max() <= total // shuffle.BUCKETS_NUMBER + 1  # ~1/1000 of the split each
-  assert oi.example_key(7, total, spread=False) == 7  # Beam path: the position
+  assert tfds_common.example_key(7, total, spread=False) == 7  # Beam path: the position
 
 
 def test_build_through_disk_buckets_keeps_file_order(official, tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ from mlzsl_jax.compile import chips, programs, report, topology
 from mlzsl_jax.data.source import DatasetMeta, dataset_shapes
 
 
-def protocol_image_epochs(spec: str, config, meta: DatasetMeta) -> float:
+def protocol_images(spec: str, config, meta: DatasetMeta) -> float:
   """Training images of the config's whole protocol: the phases of its ``get_phases()``
   (each phase's epochs x its training split's images, or its ``train.num_steps`` x the
   global batch), else the config's own (every image counted: an upper bound where images
@@ -51,30 +51,32 @@ def _builders(config, meta: DatasetMeta, trainer, compile_it: bool = True) -> di
   }
 
 
-def _cpu_flops(config, meta: DatasetMeta, name: str) -> float:
-  """FLOPs of one whole call of program ``name``: XLA's cost analysis of the same program
-  lowered (not compiled) for one CPU device (GPU programs come with no cost analysis)."""
+def _add_cpu_flops(config, meta: DatasetMeta, compiled: list[programs.Compiled]) -> None:
+  """Per-device FLOPs of the programs whose compiled form has no cost analysis (GPU): XLA's
+  cost analysis of the same program lowered (not compiled) for one CPU device, divided over
+  the devices the program runs on."""
+  missing = [p for p in compiled if p.compiled is not None and not p.compiled.cost_analysis()]
+  if not missing:
+    return
   import jax  # pylint: disable=import-outside-toplevel
   from mlzsl_jax import sharding as shd  # pylint: disable=import-outside-toplevel
   from mlzsl_jax.step import Trainer  # pylint: disable=import-outside-toplevel
   twin = Trainer(config, meta, shd.make_mesh(1, 1, jax.devices("cpu")[:1]), 1000)
-  cost = _builders(config, meta, twin, compile_it=False)[name]().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float((cost or {}).get("flops", float("nan")))
+  lowerers = _builders(config, meta, twin, compile_it=False)
+  for program in missing:
+    cost = lowerers[program.name]().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    program.flops = float((cost or {}).get("flops", float("nan"))) / program.devices_used
+    program.flops_source = ("XLA cost analysis of the same program lowered for the CPU, "
+                            "divided over the devices")
 
 
 def compile_all(config, meta: DatasetMeta, devices, names=programs.PROGRAMS
                 ) -> list[programs.Compiled]:
   """The configured programs compiled for ``devices`` (see ``programs``)."""
-  trainer = programs.make_trainer(config, meta, devices)
-  builders = _builders(config, meta, trainer)
+  builders = _builders(config, meta, programs.make_trainer(config, meta, devices))
   out = [builders[name]() for name in names]
-  for program in out:
-    cost = program.compiled.cost_analysis() if program.compiled is not None else None
-    if program.compiled is not None and not cost:
-      program.flops = _cpu_flops(config, meta, program.name) / program.devices_used
-      program.flops_source = ("XLA cost analysis of the same program lowered for the CPU, "
-                              "divided over the devices")
+  _add_cpu_flops(config, meta, out)
   return out
 
 
@@ -87,14 +89,15 @@ def max_train_batch(config, meta: DatasetMeta, devices, chip: chips.Chip,
   then bisection confirms it (about 8-10 compiles in all). ``measure(batch)`` -> per-chip
   bytes or None (the compiler ran out of memory) replaces the compiles (tests)."""
   data = len(devices) // int(config.mesh.model)
+  trainer = None  # one Trainer for every batch (it does not depend on the batch size)
 
   def memory(batch: int) -> int | None:
     """Per-chip bytes of the train step at ``batch`` (None: the compiler ran out of memory)."""
+    nonlocal trainer
     if measure is not None:
       return measure(batch)
-    c = config.copy_and_resolve_references()
-    c.train.batch_size = batch
-    program = compile_all(c, meta, devices, ("train_step",))[0]
+    trainer = trainer or programs.make_trainer(config, meta, devices)
+    program = programs.train_step(trainer, batch)
     if program.compiled is None:
       say(f"  batch {batch} ({batch // data} per data shard): does not fit ({program.error})")
       return None
@@ -142,7 +145,7 @@ def run(config, spec: str, topology_name: str, num_slices: int = 1, top_bytes: i
       f"{f', scene {meta.scene_dim}' if meta.scene_dim else ''}; {config.model.name}, "
       f"dtype {config.dtype}; global train batch {config.train.batch_size}, eval batch "
       f"{config.eval.batch_size}")
-  image_epochs = protocol_image_epochs(spec, config, meta)
+  images = protocol_images(spec, config, meta)
   status = 0
   for program in compile_all(config, meta, devices):
     if program.compiled is None:
@@ -154,8 +157,8 @@ def run(config, spec: str, topology_name: str, num_slices: int = 1, top_bytes: i
       say("  fits: no")
       continue
     analysis = report.analyse(program)
-    epochs = image_epochs if program.name == "train_step" else 0.0
-    say(report.format_report(analysis, chip, len(devices), top_bytes, epochs))
+    say(report.format_report(analysis, chip, len(devices), top_bytes,
+                             images if program.name == "train_step" else 0.0))
     if not report.fits(analysis, chip):
       status = 1
       say(f"  {program.name} does not fit {chip.device_kind} HBM "

@@ -19,7 +19,7 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all",
                "collective-permute")
 # ops that move no data of their own
 FREE_OPS = {"parameter", "constant", "tuple", "get-tuple-element", "bitcast", "after-all",
-         "partition-id", "replica-id"}
+            "partition-id", "replica-id"}
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.+?)\s+([a-z][a-z0-9\-]*)\((.*)$")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')

@@ -89,12 +89,12 @@ def per_chip_bytes(tree, prefix: str = "") -> list[tuple[str, int]]:
 
 
 def _compile(name: str, lower: Callable[[], Any], images: int, args: dict[str, Any],
-             devices_used: int, compile_it: bool = True) -> Compiled | Any:
+             trainer: Trainer, devices_used: int, compile_it: bool = True) -> Compiled | Any:
   """The compiled program (``compile_it``), else just the lowered one (for its FLOPs)."""
   if not compile_it:
     return lower()
   start = time.perf_counter()
-  platform = next(iter(next(iter(jax.tree.leaves(args))).sharding.device_set)).platform
+  platform = trainer.mesh.devices.flat[0].platform
   arguments = []
   for key, tree in args.items():
     arguments += per_chip_bytes(tree, key + "/")
@@ -117,7 +117,7 @@ def train_step(trainer: Trainer, batch_size: int, compile_it: bool = True) -> Co
   emb = _replicated(trainer.emb_seen, trainer.repl)
   return _compile("train_step", lambda: trainer.train_step.lower(state, batch, emb),
                   batch_size, {"state": state, "batch": batch, "label_emb": emb},
-                  trainer.mesh.size, compile_it)
+                  trainer, trainer.mesh.size, compile_it)
 
 
 def eval_forward(trainer: Trainer, batch_size: int, compile_it: bool = True) -> Compiled:
@@ -129,7 +129,7 @@ def eval_forward(trainer: Trainer, batch_size: int, compile_it: bool = True) -> 
       "eval_forward",
       lambda: trainer.predict.lower(state.params, state.model_state, batch, embs),
       batch_size, {"params": state.params, "model_state": state.model_state, "batch": batch,
-                   "label_emb": embs}, trainer.mesh.size, compile_it)
+                   "label_emb": embs}, trainer, trainer.mesh.size, compile_it)
 
 
 def test_metrics(trainer: Trainer, num_images: int, ks: Sequence[int],
@@ -155,4 +155,4 @@ def test_metrics(trainer: Trainer, num_images: int, ks: Sequence[int],
       lambda: metrics_device._evaluate_core.lower(  # pylint: disable=protected-access
           args["scores"], args["labels"], args["zsl_scores"], *args["columns"],
           kmax=max(ks)),
-      0, args, 1, compile_it)
+      0, args, trainer, 1, compile_it)

@@ -103,7 +103,7 @@ def largest_buffers(a: Analysis, count: int = 5) -> list[str]:
 
 
 def format_report(a: Analysis, chip: chips.Chip, num_chips: int, top_bytes: int = 0,
-                  image_epochs: float = 0.0) -> str:
+                  protocol_images: float = 0.0) -> str:
   """The per-chip report of one program (see the package docstring)."""
   lines = [f"== {a.name} ({a.program.devices_used} device(s); compiled in "
            f"{a.program.compile_seconds:.1f} s)"]
@@ -142,9 +142,9 @@ def format_report(a: Analysis, chip: chips.Chip, num_chips: int, top_bytes: int 
   if a.program.images_per_call and est.step_s > 0:
     pod = a.program.images_per_call / est.step_s
     row += f"; {pod / num_chips:,.0f} images/s per chip, {pod:,.0f} images/s for the pod"
-    if image_epochs:
-      row += (f"; the config's protocol ({image_epochs:,.0f} training image-epochs): "
-              f"{duration(image_epochs / pod)}")
+    if protocol_images:
+      row += (f"; the config's protocol ({protocol_images:,.0f} training images): "
+              f"{duration(protocol_images / pod)}")
   lines.append(row)
   if top_bytes:
     lines.append(f"  top {top_bytes} ops by bytes moved (operands + output, logical sizes):")

@@ -33,8 +33,8 @@ CUDA_PLUGIN_ENV = "MLZSL_CUDA_PLUGIN_DIR"
 CUDA_PLUGIN_PINS = "jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2"
 
 
-class LibtpuMissing(RuntimeError):
-  """libtpu (XLA's TPU compiler) is not installed where ``compile`` looks for it."""
+class CompilerMissing(RuntimeError):
+  """libtpu (XLA's TPU compiler) or JAX's CUDA plugin is not where ``compile`` looks."""
 
 
 def _cache_dir(env: str, name: str) -> str:
@@ -51,13 +51,13 @@ def cuda_plugin_dir() -> str:
 
 
 def use_cuda_plugin() -> None:
-  """Makes JAX's CUDA 12 plugin discoverable (module docstring); LibtpuMissing-style error
-  with the install command when it is nowhere, RuntimeError when JAX's backends already
-  started without it."""
+  """Makes JAX's CUDA 12 plugin discoverable (module docstring); CompilerMissing, with the
+  install command, when it is nowhere; RuntimeError when JAX's backends already started
+  without it."""
   if importlib.util.find_spec("jax_cuda12_plugin") is None:
     folder = cuda_plugin_dir()
     if not os.path.isdir(os.path.join(folder, "jax_cuda12_plugin")):
-      raise LibtpuMissing(
+      raise CompilerMissing(
           f"compiling for GPUs needs JAX's CUDA plugin, not found as a package nor in "
           f"{folder} (${CUDA_PLUGIN_ENV}); install it there with: make setup-compile "
           f"(= pip install --no-deps --target {folder} {CUDA_PLUGIN_PINS})")
@@ -66,14 +66,15 @@ def use_cuda_plugin() -> None:
     importlib.invalidate_caches()
   # No CUDA driver here: the plugin's start-up version check would fail and skip it.
   os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
-  from jax._src import xla_bridge  # pylint: disable=import-outside-toplevel
-  if xla_bridge._backends and "cuda" not in xla_bridge._backend_factories:  # pylint: disable=protected-access
+  from jax._src import xla_bridge as xb  # pylint: disable=import-outside-toplevel
+  started = xb._backends  # pylint: disable=protected-access
+  if started and "cuda" not in xb._backend_factories:  # pylint: disable=protected-access
     raise RuntimeError("compiling for GPUs: JAX started its backends before the CUDA plugin "
                        "was found; call topology.devices('h100:8') first in the process")
 
 
 def use_libtpu() -> None:
-  """Makes libtpu importable (see the module docstring); LibtpuMissing, with the install
+  """Makes libtpu importable (see the module docstring); CompilerMissing, with the install
   command, when it is nowhere."""
   if importlib.util.find_spec("libtpu") is not None:
     return
@@ -90,7 +91,7 @@ def use_libtpu() -> None:
     # so several compiles (tests, a scaling table) may run at once.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     return
-  raise LibtpuMissing(
+  raise CompilerMissing(
       f"compiling for a TPU topology needs libtpu (XLA's TPU compiler), not found as a "
       f"package nor in {folder} (${LIBTPU_ENV}); install it there with: make setup-compile "
       f"(= pip install --no-deps --target {folder} {LIBTPU_PIN})")

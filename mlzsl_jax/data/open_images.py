@@ -498,12 +498,9 @@ class ReadSpec:
   label_mids: tuple[str, ...]  # our order (seen, then evaluated unseen): error messages
   unseen_mids: tuple[str, ...]  # order of '-unseenlabels': error messages
   total: int  # examples in the split
-  spread_keys: bool  # plain path: keys spread over tfds' 128-bit range (see example_key)
+  spread_keys: bool  # plain path: keys spread over tfds' 128-bit range (see tfds_common.example_key)
   scene_weights: str = ""  # VGG19 file of the scene feature ('' = none); loaded once per process
   scene_sha256: str = ""  # its SHA-256 when the build started (checked by every worker)
-
-
-example_key = tfds_common.example_key  # keys spread over tfds' buckets (plain path)
 
 
 def _read(path: str, f: h5py.File, key: str) -> np.ndarray:
@@ -578,7 +575,7 @@ def _read_file_float32(path: str, offset: int, count: int, spec: ReadSpec
         unseen = _states(path, name + SUFFIX_UNSEEN, _read(path, f, name + SUFFIX_UNSEEN),
                          spec.num_unseen_all, spec.unseen_mids)
         labels[spec.num_seen:] = unseen[top]
-      yield example_key(offset + i, spec.total, spec.spread_keys), {
+      yield tfds_common.example_key(offset + i, spec.total, spec.spread_keys), {
           "features": np.ascontiguousarray(feats.T),
           "labels": labels,
           "image_id": name,
