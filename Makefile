@@ -42,8 +42,12 @@ check-platform: setup
 
 # Optional extra: torch 2.13.0 CPU (a wheel on local disk) for the PyTorch equality tests,
 # weight conversion from the official checkpoints and benchmarks/compare_pytorch.py.
+# It also installs the torch CLIP references of the parity tests (requirements-clip-ref.txt;
+# open_clip_torch without its dependencies, see there).
+OPEN_CLIP_PIN := open_clip_torch==3.3.0
 setup-torch: setup
-	$(VENV)/bin/pip install -q torch==2.13.0
+	$(VENV)/bin/pip install -q torch==2.13.0 -r requirements-clip-ref.txt
+	$(VENV)/bin/pip install -q --no-deps $(OPEN_CLIP_PIN)
 
 # XLA's TPU compiler (libtpu) and JAX's CUDA plugin for `main compile --topology v5e:16x16`
 # (or h100:8) on this machine: kept in .cache/, outside the venv, so ordinary commands never
