@@ -152,3 +152,25 @@ def random_token_ids(rng: np.random.RandomState, rows: int, context: int = 77) -
     ids[r, 1:n + 1] = rng.randint(1, 49406, size=n)
     ids[r, n + 1] = 49407
   return ids
+
+
+def random_state_dict(spec, layout: str = "openai", seed: int = 0) -> dict[str, np.ndarray]:
+  """Random float32 tensors under every key, at every shape, that a CLIP release of
+  ``spec`` holds in ``layout`` ("openai" / "hf"); no torch needed. Scaled so activations
+  stay O(1) through the blocks."""
+  from mlzsl_jax.backbones import clip_weights  # pylint: disable=import-outside-toplevel
+  rng = np.random.RandomState(seed)
+  out = {}
+  for _, keys, _, shapes in clip_weights.conversion_plan(layout, spec):
+    for key, shape in zip(keys, shapes):
+      fan_in = shape[-1] if len(shape) > 1 else 1
+      scale = 0.02 if len(shape) <= 1 else fan_in ** -0.5
+      value = rng.randn(*shape) * scale
+      if key.endswith(("ln_1.weight", "ln_2.weight", "layer_norm1.weight",
+                       "layer_norm2.weight", "ln_pre.weight", "ln_post.weight",
+                       "ln_final.weight", "pre_layrnorm.weight", "post_layernorm.weight",
+                       "final_layer_norm.weight")):
+        value = 1 + value
+      out[key] = np.asarray(value, np.float32)
+  out["logit_scale"] = np.asarray(np.log(100.0), np.float32)
+  return out

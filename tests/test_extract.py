@@ -679,7 +679,7 @@ def test_extract_folder_resnet(folder, resnet, tmp_path):
     assert_close(item["pooled"], out["pooled"][i], rtol=1e-5)
   with pytest.raises(ValueError, match="attribute 'architecture'"):  # VGG19 into ResNet shards
     extract(folder, tmp_path, tvw.vgg19_from_state_dict(random_state_dict()))
-  with pytest.raises(ValueError, match="backbone: expected one of"):
+  with pytest.raises(ValueError, match="alexnet.*unknown extract backbone; registered: .*vgg19"):
     extract(folder, tmp_path, resnet, backbone="alexnet")
 
 

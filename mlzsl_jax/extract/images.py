@@ -31,6 +31,10 @@ import numpy as np
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 IMAGE_SIZE = (224, 224)
+PREPROCESSING = ("PIL open -> convert('RGB') -> resize((W, H), BILINEAR) -> /255 -> "
+                 "(x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225] (official BiAM "
+                 "feature_extraction, torchvision Resize((224, 224)) + ToTensor + Normalize, "
+                 "no center crop)")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 

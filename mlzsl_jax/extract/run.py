@@ -13,8 +13,10 @@ Output, in ``out_dir``:
                                (atomic), so a crash loses at most the shard in progress.
       <key>-features  float32 [C, R]   VGG19: C = 512 channels x R = 196 regions (row-major
                                        14x14), the official layout (BiAM
-                                       ``extract_nus_wide.py``); ResNet-101: [2048, 49]
-      <key>-scene     float32 [4096]   VGG19: fc7 after ReLU (see vgg19.py)
+                                       ``extract_nus_wide.py``); ResNet-101: [2048, 49];
+                                       CLIP ViT-B/16: float16 [512, 196] patch tokens
+      <key>-scene     float32 [4096]   VGG19: fc7 after ReLU (see vgg19.py); CLIP: the
+                                       class embedding [D]
       <key>-pooled    float32 [2048]   ResNet-101 instead: layer4 averaged over the regions
       attrs: image_paths / image_keys (extracted, in order), unreadable_paths /
              unreadable_reasons, shard_index, num_shards, shard_size, shard_paths (every
@@ -41,7 +43,6 @@ import concurrent.futures
 import dataclasses
 import glob
 import itertools
-import json
 import os
 import re
 import time
@@ -53,12 +54,7 @@ FORMAT_VERSION = 1
 SHARD_GLOB = "features-*-of-*.h5"
 SHARD_RE = re.compile(r"features-(\d{5})-of-(\d{5})\.h5$")
 UNREADABLE_FILE = "unreadable.txt"
-BACKBONES = ("vgg19", "resnet101")
 GLOBAL_OUTPUTS = ("scene", "pooled")  # the per-image vector each backbone adds
-PREPROCESSING = ("PIL open -> convert('RGB') -> resize((W, H), BILINEAR) -> /255 -> "
-                 "(x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225] (official BiAM "
-                 "feature_extraction, torchvision Resize((224, 224)) + ToTensor + Normalize, "
-                 "no center crop)")
 
 
 def shard_name(index: int, count: int) -> str:
@@ -98,10 +94,11 @@ class ExtractSummary:
 
 
 def _decode_ahead(items: Sequence[tuple[int, str]], root: str, size, workers: int,
-                  window: int) -> Iterator[tuple[int, str, np.ndarray | None, str]]:
+                  window: int, load_image: Callable[[str, tuple[int, int]], np.ndarray]
+                  ) -> Iterator[tuple[int, str, np.ndarray | None, str]]:
   """(shard, rel) -> (shard, rel, image [H, W, 3] or None, reason), in input order, with at
-  most ``window`` images being decoded ahead by ``workers`` threads."""
-  from mlzsl_jax.extract.images import load_image  # pylint: disable=import-outside-toplevel
+  most ``window`` images being decoded ahead by ``workers`` threads (``load_image``: the
+  backbone's decoder and preprocessing)."""
 
   def load(rel):
     try:
@@ -172,11 +169,13 @@ def _read_str_attr(attrs, name: str) -> list[str]:
 class _ShardWriter:
   """Writes one shard to ``<path>.tmp``; ``commit`` closes and renames it into place."""
 
-  def __init__(self, path: str, attrs: Mapping[str, Any], compression: str | None):
+  def __init__(self, path: str, attrs: Mapping[str, Any], compression: str | None,
+               store_dtype=np.float32):
     import h5py  # pylint: disable=import-outside-toplevel
     self.path, self.tmp = path, path + ".tmp"
     self.file = h5py.File(self.tmp, "w")
     self.attrs, self.compression = dict(attrs), compression
+    self.store_dtype = store_dtype
     self.paths: list[str] = []
     self.unreadable: list[tuple[str, str]] = []
 
@@ -185,7 +184,8 @@ class _ShardWriter:
     from mlzsl_jax.extract.images import image_key  # pylint: disable=import-outside-toplevel
     key = image_key(rel)
     for name, value in outputs.items():
-      self.file.create_dataset(f"{key}-{name}", data=value, dtype=np.float32,
+      dtype = self.store_dtype if name == "features" else np.float32
+      self.file.create_dataset(f"{key}-{name}", data=value, dtype=dtype,
                                compression=self.compression)
     self.paths.append(rel)
 
@@ -265,7 +265,7 @@ def iter_features(out_dir: str) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
         for name in GLOBAL_OUTPUTS:
           if f"{key}-{name}" in f:
             out[name] = np.asarray(f[f"{key}-{name}"])
-        yield key, {"regions": np.asarray(f[key + "-features"]).T, **out}
+        yield key, {"regions": np.asarray(f[key + "-features"], np.float32).T, **out}
 
 
 def _extract_shard(group: Iterator[tuple[int, str, np.ndarray | None, str]],
@@ -307,21 +307,11 @@ def _extract_shard(group: Iterator[tuple[int, str, np.ndarray | None, str]],
 
 
 def load_backbone(backbone: str, weights, dtype: str = "float32"):
-  """``VGG19`` (backbone "vgg19") or ``ResNet101`` ("resnet101") holding ``weights``: a
-  torchvision state dict file (.pth / .npz), a numpy state dict, or the module itself."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from mlzsl_jax.extract import torchvision_weights as tvw  # pylint: disable=import-outside-toplevel
-  if backbone not in BACKBONES:
-    raise ValueError(f"backbone: expected one of {BACKBONES}, got {backbone!r}")
-  load = tvw.load_vgg19 if backbone == "vgg19" else tvw.load_resnet101
-  return load(weights, dtype=jnp.dtype(dtype))
-
-
-def architecture(model) -> str:
-  """JSON of what determines the backbone's shapes (stored in, and checked against, shards)."""
-  fields = ("channels", "fc_dim") if hasattr(model, "fc_dim") else ("blocks", "width")
-  return json.dumps({"backbone": type(model).__name__,
-                     **{f: getattr(model, f) for f in fields}})
+  """The registered ``backbone`` (``mlzsl_jax.extract.backbones``: vgg19, resnet101,
+  clip_vit_*) holding ``weights``: a weight file or folder, a numpy state dict (torchvision
+  backbones), or the module itself."""
+  from mlzsl_jax.extract import backbones  # pylint: disable=import-outside-toplevel
+  return backbones.get(backbone).load(weights, dtype)
 
 
 def extract_folder(image_dir: str, out_dir: str, weights, *, backbone: str = "vgg19",
@@ -338,8 +328,9 @@ def extract_folder(image_dir: str, out_dir: str, weights, *, backbone: str = "vg
   Args:
     weights: torchvision state dict file of the backbone (.pth via
       torch.load(weights_only=True), or .npz), a numpy state dict, or the module (tests).
-    backbone: "vgg19" (regions [512, 196] + scene [4096], BiAM) or "resnet101" (regions
-      [2048, 49] + pooled [2048]).
+    backbone: "vgg19" (regions [512, 196] + scene [4096], BiAM), "resnet101" (regions
+      [2048, 49] + pooled [2048]) or a CLIP ViT ("clip_vit_b16": float16 patch tokens
+      [512, 196] + the class embedding [512] as scene; ``mlzsl_jax.backbones.clip_extract``).
     batch_size: images per accelerator call (multiple of the local device count); the
       last batch of a shard is zero-padded, so one compiled shape serves all.
     shard_size: images per output file; a crash loses at most one shard per process.
@@ -383,11 +374,13 @@ def extract_folder(image_dir: str, out_dir: str, weights, *, backbone: str = "vg
                      f"{os.path.basename(stale[0])}; this run makes {len(bounds)} shards of "
                      f"{shard_size}); use a new out_dir or the same shard_size and folder")
 
-  model = load_backbone(backbone, weights, dtype)
-  settings = {"format_version": FORMAT_VERSION, "architecture": architecture(model),
+  from mlzsl_jax.extract import backbones  # pylint: disable=import-outside-toplevel
+  entry = backbones.get(backbone)
+  model = entry.load(weights, dtype)
+  settings = {"format_version": FORMAT_VERSION, "architecture": entry.architecture(model),
               "shard_size": shard_size, "num_shards": len(bounds),
               "image_size": tuple(model.image_size), "grid_shape": tuple(model.grid_shape),
-              "preprocessing": PREPROCESSING}
+              "preprocessing": entry.preprocessing}
 
   todo, done_images, shard_paths = [], 0, []
   for k in mine:
@@ -411,12 +404,13 @@ def extract_folder(image_dir: str, out_dir: str, weights, *, backbone: str = "vg
              dynamic_ncols=True)
   loop_start = time.perf_counter()
   stream = _decode_ahead(todo, os.fspath(image_dir), (height, width), num_workers,
-                         window=2 * batch_size + num_workers)
+                         window=2 * batch_size + num_workers, load_image=entry.load_image)
   try:
     for k, group in itertools.groupby(stream, key=lambda item: item[0]):
       path = os.path.join(out_dir, shard_name(k, len(bounds)))
       writer = _ShardWriter(path, {**settings, "shard_index": k,
-                                   "shard_paths": images[slice(*bounds[k])]}, compression)
+                                   "shard_paths": images[slice(*bounds[k])]}, compression,
+                           store_dtype=entry.store_dtype)
       try:
         extracted += _extract_shard(group, writer, forward, batch_size, (height, width), bar)
         writer.commit()
@@ -444,10 +438,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   """The extract command's flags (mirrored by ``python -m mlzsl_jax.main extract``)."""
   parser.add_argument("--image_dir", required=True, help="folder of images (recursive)")
   parser.add_argument("--out_dir", required=True, help="where the h5 shards go")
-  parser.add_argument("--backbone", default="vgg19", choices=BACKBONES)
+  from mlzsl_jax.extract import backbones  # pylint: disable=import-outside-toplevel
+  parser.add_argument("--backbone", default="vgg19", choices=backbones.names())
   parser.add_argument("--weights", "--vgg19_weights", dest="weights", required=True,
-                      help="torchvision state dict of the backbone (.pth: needs torch; or "
-                      ".npz of the same keys)")
+                      help="the backbone's weights: torchvision state dict for vgg19 / "
+                      "resnet101 (.pth: needs torch; or .npz of the same keys); CLIP: an "
+                      "OpenAI / open_clip .safetensors or .pt, or a Hugging Face folder")
   parser.add_argument("--batch_size", type=int, default=64)
   parser.add_argument("--shard_size", type=int, default=1024)
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))

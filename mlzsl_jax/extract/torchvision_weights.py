@@ -338,3 +338,36 @@ def load_resnet101(weights, *, dtype=jnp.float32, image_size=(224, 224)):
         source=f"ResNet weights file {os.fspath(weights)!r}")
   raise ValueError(f"ResNet-101 weights: expected a path, a state dict or a ResNet101, "
                    f"got {type(weights).__name__}")
+
+
+# ---------------------------------------------------------------- extract backbone entries
+
+def _torchvision_architecture(model) -> str:
+  """JSON of what fixes the backbone's shapes (stored in, and checked against, shards)."""
+  import json  # pylint: disable=import-outside-toplevel
+  fields = ("channels", "fc_dim") if hasattr(model, "fc_dim") else ("blocks", "width")
+  return json.dumps({"backbone": type(model).__name__,
+                     **{f: getattr(model, f) for f in fields}})
+
+
+def _official_image(path, size):
+  from mlzsl_jax.extract.images import load_image  # pylint: disable=import-outside-toplevel
+  return load_image(path, size)
+
+
+def _register_extract_backbones() -> None:
+  from mlzsl_jax.extract import backbones  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.extract.images import PREPROCESSING  # pylint: disable=import-outside-toplevel
+  common = dict(load_image=_official_image, preprocessing=PREPROCESSING,
+                architecture=_torchvision_architecture)
+  backbones.BACKBONES.register("vgg19")(backbones.ExtractBackbone(
+      load=lambda weights, dtype: load_vgg19(weights, dtype=jnp.dtype(dtype)),
+      global_output="scene", weights_help="torchvision vgg19 state dict (.pth / .npz)",
+      **common))
+  backbones.BACKBONES.register("resnet101")(backbones.ExtractBackbone(
+      load=lambda weights, dtype: load_resnet101(weights, dtype=jnp.dtype(dtype)),
+      global_output="pooled", weights_help="torchvision resnet101 state dict (.pth / .npz)",
+      **common))
+
+
+_register_extract_backbones()

@@ -1,0 +1,93 @@
+"""``extract --backbone clip_vit*``: CLIP patch tokens (float16, [D, N]) and the class
+embedding as the scene feature, in the official h5 layout, from a folder of real PNG/JPEG
+files with random weights in the OpenAI layout (no torch needed)."""
+
+import io
+import os
+
+import h5py
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import clip_reference as ref
+from mlzsl_jax.backbones import clip as clip_lib
+from mlzsl_jax.backbones import clip_preprocess, clip_weights, safetensors_io
+from mlzsl_jax.extract import images as img_lib
+from mlzsl_jax.extract import run as run_lib
+
+SPEC = clip_lib.ClipSpec(clip_lib.VisionSpec(width=64, layers=2, heads=2, patch=8,
+                                             image_size=32),
+                         clip_lib.TextSpec(width=64, layers=1, heads=2), embed_dim=24)
+GOOD = ["a/img0.png", "a/img1.jpg", "b/grey.png", "b/rgba.png", "c.png"]
+BAD = ["b/broken.jpg"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("clip_extract")
+  images = root / "images"
+  rng = np.random.default_rng(3)
+  for i, rel in enumerate(GOOD):
+    os.makedirs(images / os.path.dirname(rel) if os.path.dirname(rel) else images,
+                exist_ok=True)
+    rgb = rng.integers(0, 256, (37 + 5 * i, 50, 3), dtype=np.uint8)
+    img = Image.fromarray(rgb)
+    img = img.convert("L") if "grey" in rel else img
+    img = img.convert("RGBA") if "rgba" in rel else img
+    img.save(images / rel, quality=95) if rel.endswith(".jpg") else img.save(images / rel)
+  buf = io.BytesIO()
+  Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(buf, "JPEG")
+  (images / BAD[0]).write_bytes(buf.getvalue()[:200])
+  weights = root / "clip.safetensors"
+  safetensors_io.write_safetensors(weights, ref.random_state_dict(SPEC))
+  model = clip_weights.load_clip(weights)
+  x = np.stack([clip_preprocess.load_image(images / rel, 32) for rel in GOOD])
+  out = jax.jit(lambda im: model.encode_image(im))(x)
+  expected = {img_lib.image_key(rel): (np.asarray(out["tokens"][i]).T,
+                                       np.asarray(out["class"][i]))
+              for i, rel in enumerate(GOOD)}
+  return images, weights, expected
+
+
+def test_cli_writes_tokens_and_scene_then_resumes(setup, tmp_path, capsys):
+  images, weights, expected = setup
+  out = tmp_path / "feats"
+  argv = ["--image_dir", str(images), "--out_dir", str(out), "--backbone", "clip_vit",
+          "--weights", str(weights), "--batch_size", "8", "--shard_size", "4",
+          "--num_workers", "2"]
+  summary = run_lib.main(argv)
+  assert (summary.extracted, len(summary.unreadable)) == (len(GOOD), 1)
+  assert "extracted 5 image(s)" in capsys.readouterr().out
+  got = {}
+  for path in sorted(out.glob("features-*.h5")):
+    with h5py.File(path, "r") as f:
+      assert "PIL open (no EXIF transpose)" in f.attrs["preprocessing"]
+      assert '"patch": 8' in f.attrs["architecture"]
+      for key in f.attrs["image_keys"]:
+        key = key.decode() if isinstance(key, bytes) else key
+        assert f[f"{key}-features"].dtype == np.float16
+        got[key] = (np.asarray(f[f"{key}-features"]), np.asarray(f[f"{key}-scene"]))
+  assert sorted(got) == sorted(expected)
+  for key, (tokens, scene) in expected.items():
+    assert got[key][0].shape == (24, 16)  # [D, N]: the official [C, R] layout
+    np.testing.assert_allclose(got[key][0], tokens, rtol=1e-3, atol=1e-3)  # float16
+    np.testing.assert_allclose(got[key][1], scene, rtol=1e-5, atol=1e-6)
+  assert (out / "unreadable.txt").read_text().startswith(BAD[0] + "\t")
+  again = run_lib.main(argv)  # every shard finished: nothing is redone
+  assert (again.extracted, again.already_done) == (0, len(GOOD) + len(BAD))
+  # iter_features gives the tokens back as [N, D] float32, like VGG19's regions
+  key, feats = next(run_lib.iter_features(str(out)))
+  assert feats["regions"].shape == (16, 24) and feats["regions"].dtype == np.float32
+
+
+def test_release_name_is_checked_against_the_file(setup, tmp_path):
+  images, weights, _ = setup
+  with pytest.raises(ValueError, match=r"--backbone clip_vit_b16 expects a ViT with width "
+                     r"768, layers 12, patch 16, image_size 224; the file holds width 64"):
+    run_lib.extract_folder(str(images), str(tmp_path), str(weights),
+                           backbone="clip_vit_b16", progress=False)
+  with pytest.raises(ValueError, match=r"unknown extract backbone; registered: .*clip_vit_b16"):
+    run_lib.extract_folder(str(images), str(tmp_path), str(weights), backbone="clip_rn50",
+                           progress=False)
