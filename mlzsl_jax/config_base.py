@@ -23,6 +23,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.name = ""
   c.data.data_dir = ""  # '' = the dataset's default location
   c.data.embedding = ""  # label-embedding source(s) stored with the dataset, comma-separated
+  # data.embedding=clip (mlzsl_jax/data/clip_labels.py): CLIP text embeddings of the label
+  # names, computed once from these weights (file or HF folder) and stored with the dataset.
+  c.data.clip_weights = ""
+  c.data.clip_vocab = ""  # '' = beside the weights, or open_clip's packaged vocabulary
+  c.data.clip_templates = "ensemble"  # 'ensemble' | 'mkt' | 'name' (backbones/clip_text.py)
   c.data.seen_labels = (0,)  # label ids used for training
   c.data.unseen_labels = (0,)  # label ids never seen in training (ZSL)
   c.data.train_split = "train"

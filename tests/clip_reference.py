@@ -174,3 +174,17 @@ def random_state_dict(spec, layout: str = "openai", seed: int = 0) -> dict[str, 
       out[key] = np.asarray(value, np.float32)
   out["logit_scale"] = np.asarray(np.log(100.0), np.float32)
   return out
+
+
+def write_synthetic_vocab(path) -> None:
+  """A BPE vocabulary file in open_clip's .gz format with made-up merges (pairs of byte
+  symbols), so tokenizer-dependent code runs without the real vocabulary: 49,408 ids, the
+  real special tokens, nonsense but deterministic word pieces."""
+  import gzip  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.backbones import clip_tokenizer  # pylint: disable=import-outside-toplevel
+  printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+               *range(ord("®"), ord("ÿ") + 1)]
+  symbols = [chr(c) for c in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+  merges = [f"{a} {b}" for a in symbols for b in symbols][:clip_tokenizer.NUM_MERGES]
+  with gzip.open(path, "wt", encoding="utf-8") as f:
+    f.write("#version: synthetic\n" + "\n".join(merges) + "\n")

@@ -99,7 +99,9 @@ register_dataset = DATASETS.register
 def get_dataset(data_config) -> DatasetSource:
   """Build the dataset named ``data_config.name``."""
   import mlzsl_jax.data.builtin  # noqa: F401  (registers the built-in datasets)
-  return DATASETS.get(data_config.name)(data_config)
+  from mlzsl_jax.data import clip_labels  # pylint: disable=import-outside-toplevel
+  source = DATASETS.get(data_config.name)(data_config)
+  return clip_labels.add_to_source(source, data_config)  # data.embedding=clip, any dataset
 
 
 # A dataset whose files are large (the official benchmarks) also registers its shapes:
