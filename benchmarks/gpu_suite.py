@@ -11,6 +11,9 @@ images/s, achieved TFLOP/s and the fraction of the chip's dense peak):
                metric (mAP, P/R/F1@3,5) on device
   open_images  BiAM at Open Images shapes: the train step over 7,186 seen labels scored in
                chunks of ``label_chunk`` = 1024, and the eval forward over all 7,586 labels
+  clip_extract CLIP ViT-B/16's image tower as ``extract --backbone clip_vit_b16`` runs it
+               (random weights; the patch tokens and class embedding of 224x224 images),
+               data-parallel over every device, global batch ``--clip_batch``
   input        only where TensorFlow imports: the train step fed by the library's tf.data
                pipeline from NUS-WIDE-shaped records on local disk, against the same step
                on arrays already on the device: is training input-bound on this host?
@@ -57,7 +60,7 @@ from train_throughput import (SHAPES, Shapes, bench_config, bench_meta,  # noqa:
                               run_one)
 
 NUS_TEST_ROWS = 107_859
-SECTIONS = ("train", "test_pass", "open_images", "input")
+SECTIONS = ("train", "test_pass", "open_images", "clip_extract", "input")
 # --smoke: the same code paths at shapes a CPU compiles in seconds.
 SMOKE_SHAPES = {
     "nus_wide": Shapes("smoke_nus", (3, 3), 16, 12, 4, 8, 8,
@@ -245,6 +248,44 @@ def open_images_section(shapes: Shapes, args, budget: Budget, emit) -> None:
     emit(row)
 
 
+def clip_extract_section(args, budget: Budget, emit) -> None:
+  """CLIP's image tower (extraction) images/s, float32 and bfloat16, batch over devices."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.backbones import clip as clip_lib  # pylint: disable=import-outside-toplevel
+  spec = clip_lib.named_spec("clip_vit_b16")
+  if args.smoke:
+    spec = clip_lib.ClipSpec(clip_lib.VisionSpec(64, 1, 2, 8, 32), clip_lib.TextSpec(64, 1, 2),
+                             embed_dim=32)
+  size = spec.vision.image_size
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  batch = args.clip_batch - args.clip_batch % jax.device_count() or jax.device_count()
+  for dtype in args.dtypes:
+    if budget.left() < 30:
+      emit(Row("clip_extract", "image tower", dtype, note="skipped: time budget spent"))
+      continue
+    model = clip_lib.Clip(spec, dtype=jnp.dtype(dtype), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model.visual)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    forward = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x))
+    images = jax.device_put(np.random.default_rng(0).normal(size=(batch, size, size, 3))
+                            .astype(np.float32), NamedSharding(mesh, P("data")))
+    t0 = time.perf_counter()
+    jax.block_until_ready(forward(state, images))
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(args.steps):
+      t0 = time.perf_counter()
+      jax.block_until_ready(forward(state, images))
+      times.append(time.perf_counter() - t0)
+    step = float(np.median(times))
+    emit(Row("clip_extract", f"ViT-B/16 image tower, {size}x{size}" if not args.smoke
+             else "tiny ViT image tower", dtype, batch, compile_s=first - step, seconds=step,
+             images_per_s=batch / step, note="forward only; decoding is on the host"))
+    del model, state, images
+    gc.collect()
+
+
 def input_section(shapes: Shapes, args, budget: Budget, emit) -> None:
   """The train step fed from tf.data (records on local disk) vs from device arrays."""
   try:
@@ -346,6 +387,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
   p.add_argument("--test_batch", type=int, default=1024, help="eval batch of the test pass")
   p.add_argument("--oi_batch", type=int, default=256)
   p.add_argument("--oi_eval_batches", type=int, default=20)
+  p.add_argument("--clip_batch", type=int, default=256, help="global batch of clip_extract")
   p.add_argument("--input_batch", type=int, default=256)
   p.add_argument("--input_steps", type=int, default=20)
   p.add_argument("--input_examples", type=int, default=4096,
@@ -389,6 +431,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
              "test_pass": lambda: test_pass_section(shapes["nus_wide"], args, budget, emit),
              "open_images": lambda: open_images_section(shapes["open_images"], args, budget,
                                                         emit),
+             "clip_extract": lambda: clip_extract_section(args, budget, emit),
              "input": lambda: input_section(shapes["nus_wide"], args, budget, emit)}
   for section in args.sections:
     runners[section]()

@@ -32,7 +32,16 @@ torchvision file; nothing is downloaded) and stored with it. ``mean_region`` (de
 weights needed): a learned projection of the mean region feature, NOT the paper's
 architecture.
 
-Config arguments: scene (mean_region | vgg19), split (train | train80); for the phases also
+Backbone (``backbone=``). ``vgg19`` (default): the official VGG19 region features.
+A CLIP release (``clip_vit_b16``, ``clip_vit_b32``, ``clip_vit_l14``, ``clip_vit_l14_336``):
+the dataset is prepared from ``main extract --backbone <name>``'s output
+(``--config.data.features_dir=...``; labels and lists still from the official files), the
+patch tokens are the regions, the class embedding is the scene feature, and the label
+embeddings are CLIP's text embeddings of the label names (``data.embedding=clip``, computed
+once from ``--config.data.clip_weights=...``). See docs/clip.md.
+
+Config arguments: backbone (vgg19 | clip_vit_*), scene (mean_region | vgg19), split (train |
+train80); for the phases also
 select_epochs (40), finetune_epochs (5), val_after (3), val_every (2), test_every (10).
 """
 
@@ -44,7 +53,7 @@ SCENES = ("mean_region", "vgg19")
 
 
 def _args(arg: str | None):
-  return parse_arg(arg, scene="mean_region", split="train", select_epochs=40,
+  return parse_arg(arg, backbone="vgg19", scene="mean_region", split="train", select_epochs=40,
                    finetune_epochs=5, val_after=3, val_every=2, test_every=10)
 
 
@@ -58,11 +67,21 @@ def get_config(arg: str | None = None):
   c.seed = 3483
   c.data.name = "nus_wide"
   c.data.manual_dir = ""  # the official NUS-WIDE folder (needed for the first build only)
+  # 'vgg19': the official features; a CLIP release name: an extract run's patch tokens
+  # (data.features_dir = its --out_dir, needed for the first build only).
+  c.data.backbone = args.backbone
+  c.data.features_dir = ""
   # 'vgg19': the dataset stores VGG19's fc7 scene feature (built with data.scene_weights, the
   # torchvision vgg19-dcbb9e9d.pth file, needed for the first build only); 'none': no scene.
   c.data.scene = "vgg19" if args.scene == "vgg19" else "none"
   c.data.scene_weights = ""
   c.data.embedding = "glove"
+  clip = args.backbone != "vgg19"
+  if clip:
+    if args.scene == "vgg19":
+      raise ValueError(f"config arguments backbone={args.backbone} and scene=vgg19: with a "
+                       "CLIP backbone the scene feature is the class embedding")
+    c.data.embedding = "clip"
   c.data.seen_labels = tuple(range(NUM_SEEN))
   c.data.unseen_labels = tuple(range(NUM_SEEN, NUM_SEEN + NUM_UNSEEN))
   c.data.train_split = args.split
@@ -72,7 +91,7 @@ def get_config(arg: str | None = None):
   c.model.heads = 8
   c.model.out_dim = 512
   c.model.top_k = 6
-  c.model.scene_source = "dataset" if args.scene == "vgg19" else "mean_region"
+  c.model.scene_source = "dataset" if args.scene == "vgg19" or clip else "mean_region"
   # The spec's ranking loss in its exact sort-based form (same value and gradient as the
   # pairwise 'ranking', tested): at 925 labels its gradient takes 6 ms instead of 174 ms per
   # batch of 32 on a 2-core CPU (the pairwise form builds [batch, labels, labels]).

@@ -91,3 +91,86 @@ def test_release_name_is_checked_against_the_file(setup, tmp_path):
   with pytest.raises(ValueError, match=r"unknown extract backbone; registered: .*clip_vit_b16"):
     run_lib.extract_folder(str(images), str(tmp_path), str(weights), backbone="clip_rn50",
                            progress=False)
+
+
+# ------------------------------------------------ NUS-WIDE on extracted CLIP tokens, trained
+
+def test_nus_wide_prepares_and_trains_on_extracted_clip_tokens(setup, tmp_path, monkeypatch):
+  """Official lists + label-only h5 files, images extracted with CLIP: the dataset stores the
+  patch tokens [N, D] and the class embedding as the scene; BiAM trains and evaluates on it
+  with CLIP label embeddings (configs/biam_nus_wide.py:backbone=<a CLIP release>)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import test_nus_wide as nus_files  # the official-layout writer of the NUS-WIDE tests
+  from mlzsl_jax import train  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.backbones import clip_tokenizer  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.data import get_dataset, nus_wide  # pylint: disable=import-outside-toplevel
+
+  _, weights, _ = setup
+  monkeypatch.setitem(clip_lib.NAMED_SPECS, "clip_vit_tiny", SPEC)  # a tiny "release"
+  content = nus_files.official_content()
+  names = content["train_names"] + content["test_names"]
+  content["skip"] = [(n, "-features") for n in names]  # the h5 files hold labels only
+  source_dir = nus_files.write_files(tmp_path / "NUS-WIDE", content)
+  images = tmp_path / "images"
+  rng = np.random.default_rng(0)
+  for name in names:  # 'actor_0002_174174086.jpg' is the key of actor/0002_174174086.jpg
+    folder, rest = name.split("_", 1)
+    (images / folder).mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(images / folder / rest)
+  feats = tmp_path / "feats"
+  run_lib.extract_folder(str(images), str(feats), str(weights), backbone="clip_vit",
+                         batch_size=8, progress=False)
+  ref.write_synthetic_vocab(tmp_path / clip_tokenizer.OPEN_CLIP_VOCAB)
+
+  spec = importlib.util.spec_from_file_location(
+      "biam_nus_wide", os.path.join(os.path.dirname(__file__), "..", "configs",
+                                    "biam_nus_wide.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config("backbone=clip_vit_tiny")
+  config.unlock()
+  config.data.manual_dir = str(source_dir)
+  config.data.features_dir = str(feats)
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.clip_weights = str(weights)
+  config.data.clip_vocab = str(tmp_path / clip_tokenizer.OPEN_CLIP_VOCAB)
+  config.data.mix_slices = 2
+  config.model.channels, config.model.heads, config.model.out_dim = 8, 2, 16
+  config.train.batch_size, config.train.num_epochs = 8, 2
+  config.optimizer.warmup_epochs = 0
+  config.eval.batch_size = 8
+  config.lock()
+
+  with pytest.warns(UserWarning, match="official release has"):
+    source = get_dataset(config.data)
+  meta = source.meta
+  assert (meta.grid_shape, meta.feature_dim, meta.scene_dim) == ((4, 4), 24, 24)
+  assert meta.embedding("clip").shape == (1006, 24)
+  assert source.builder.data_dir.endswith(os.path.join("nus_wide", "clip_vit_tiny",
+                                                       nus_wide.DATA_VERSION))
+  stored = {ex["image_id"].decode(): ex for ex in source.as_tf_dataset("test").as_numpy_iterator()}
+  with h5py.File(sorted(feats.glob("features-*.h5"))[0], "r") as f:
+    key = content["test_names"][0]
+    shard = [p for p in sorted(feats.glob("features-*.h5"))
+             if key in [k.decode() if isinstance(k, bytes) else k
+                        for k in h5py.File(p, "r").attrs["image_keys"]]][0]
+  with h5py.File(shard, "r") as f:
+    np.testing.assert_array_equal(stored[key]["features"], f[f"{key}-features"][()].T)
+    np.testing.assert_array_equal(stored[key]["scene"],
+                                  f[f"{key}-scene"][()].astype(np.float16))
+  np.testing.assert_array_equal(stored[key]["labels"], content["test_labels"][0])
+
+  result = train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert 0.0 <= result["zsl"]["map"] <= 1.0 and np.isfinite(result["gzsl"]["map"])
+
+
+def test_nus_wide_extracted_errors(setup, tmp_path, monkeypatch):
+  from mlzsl_jax.data import nus_wide  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(clip_lib.NAMED_SPECS, "clip_vit_tiny", SPEC)
+  with pytest.raises(ValueError, match=r"data.backbone='clip_vit_tiny' is not prepared under .*"
+                     r"give data.manual_dir .* and data.features_dir"):
+    nus_wide.prepare("", str(tmp_path), backbone="clip_vit_tiny")
+  with pytest.raises(ValueError, match=r"data.backbone='resnet'"):
+    nus_wide.backbone_option({"backbone": "resnet"})
+  with pytest.raises(ValueError, match=r"scene feature of extracted features is their class"):
+    nus_wide.prepare("", str(tmp_path), scene="vgg19", backbone="clip_vit_tiny")

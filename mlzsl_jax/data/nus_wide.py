@@ -78,6 +78,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mlzsl_jax.data import embeddings as emb_lib
+from mlzsl_jax.data import extracted
 from mlzsl_jax.data import restricted_pickle
 from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import (DatasetMeta, meta_from_tfds, register_dataset,
@@ -306,7 +307,7 @@ def _label_shapes(split: str, num_seen: int, num_unseen: int) -> dict[str, tuple
 
 
 def check_h5_index(path: str, names: Sequence[str], split: str, num_seen: int,
-                   num_unseen: int, names_file: str) -> int:
+                   num_unseen: int, names_file: str, features: bool = True) -> int:
   """Check that every listed image has its three datasets with the official shapes/dtypes.
 
   Reads h5 metadata only (no arrays; about a minute for the 161,789 official training
@@ -324,16 +325,20 @@ def check_h5_index(path: str, names: Sequence[str], split: str, num_seen: int,
     except (OSError, RuntimeError, ValueError) as e:
       raise ValueError(f"{path}: cannot list its keys (truncated or corrupt?): {e}") from e
     for name in names:
-      _check_entry(path, f, keys, name, FEATURES_SUFFIX, FEATURE_SHAPE, "f",
-                   "float region features", names_file)
+      if features:
+        _check_entry(path, f, keys, name, FEATURES_SUFFIX, FEATURE_SHAPE, "f",
+                     "float region features", names_file)
       for suffix, shape in label_shapes.items():
         _check_entry(path, f, keys, name, suffix, shape, "iuf", "label-state vector",
                      names_file)
-  return len(keys) - 3 * len(names)  # listed names are all top-level (names hold no '/')
+  listed = {n + suffix for n in names for suffix in (FEATURES_SUFFIX, *label_shapes)}
+  return len(keys - listed)  # listed names are all top-level (names hold no '/')
 
 
-def load_index(source_dir: str) -> NusWideIndex:
+def load_index(source_dir: str, features: bool = True) -> NusWideIndex:
   """Read and validate the lists, the embeddings and the h5 key structure (not the arrays).
+  ``features=False``: the features come from ``data.features_dir`` (extract); the h5 files
+  need only the label entries.
 
   Raises:
     FileNotFoundError: a file is missing.
@@ -368,7 +373,7 @@ def load_index(source_dir: str) -> NusWideIndex:
   for split, h5_file, names_file in (("train", TRAIN_H5, TRAIN_NAMES),
                                      ("test", TEST_H5, TEST_NAMES)):
     unlisted[h5_file] = check_h5_index(path(h5_file), names[split], split, len(rows),
-                                       len(concepts), names_file)
+                                       len(concepts), names_file, features)
   return NusWideIndex(source_dir=source_dir, label_names=tuple(label_names),
                       tag_list_rows=tuple(rows), num_seen=len(rows), embeddings=table,
                       image_names={k: tuple(v) for k, v in names.items()},
@@ -398,18 +403,25 @@ def _states(path: str, name: str, key: str, value: np.ndarray) -> np.ndarray:
 
 
 def read_example(f, path: str, name: str, split: str, num_seen: int,
-                 num_unseen: int, cast: bool = True) -> dict[str, Any]:
+                 num_unseen: int, cast: bool = True,
+                 features: "extracted.ExtractedFeatures | None" = None) -> dict[str, Any]:
   """One stored example from an open h5 file.
 
   Returns:
     {"features": float16 [196, 512], "labels": int8 [num_seen + num_unseen], "image_id": name}
-    (``cast=False``: the features in the file's precision, for the scene feature)
+    (``cast=False``: the features in the file's precision, for the scene feature).
+    With ``features`` (an extract run): features and ``scene`` from there, labels from h5.
 
   Raises:
     ValueError naming the file, image and key: unreadable data, wrong shape (the file changed
     since it was indexed), NaN/inf or beyond-float16 features, states other than +1/-1, and
     (test) ``-labels`` whose unseen part differs from ``-labels_81``.
   """
+  if features is not None:
+    regions, scene = features.read(name)
+    labels = _read_labels(f, path, name, split, num_seen, num_unseen)
+    return {"features": regions.astype(np.float16) if cast else regions, "labels": labels,
+            "image_id": name, "scene": scene}
   feats = _read(f, path, name, FEATURES_SUFFIX)
   if feats.shape != FEATURE_SHAPE:
     raise ValueError(f"{path}: key {name + FEATURES_SUFFIX!r} of image {name!r}: expected shape "
@@ -421,6 +433,14 @@ def read_example(f, path: str, name: str, split: str, num_seen: int,
     raise ValueError(f"{path}: key {name + FEATURES_SUFFIX!r} of image {name!r} has values "
                      f"beyond the float16 range (|x| > {FP16_MAX:g}): max |x| = "
                      f"{float(np.max(np.abs(feats))):g}")
+  states = _read_labels(f, path, name, split, num_seen, num_unseen)
+  feats = feats.T.astype(np.float16) if cast else feats.T
+  return {"features": np.ascontiguousarray(feats), "labels": states, "image_id": name}
+
+
+def _read_labels(f, path: str, name: str, split: str, num_seen: int,
+                 num_unseen: int) -> np.ndarray:
+  """int8 [num_seen + num_unseen] states of image ``name`` (see ``read_example``)."""
   shapes = _label_shapes(split, num_seen, num_unseen)
   labels = {}
   for suffix, shape in shapes.items():
@@ -440,21 +460,30 @@ def read_example(f, path: str, name: str, split: str, num_seen: int,
           f"unseen labels) differ from key {name + UNSEEN_SUFFIX!r} at {diff.size} label(s), "
           f"first: unseen label {diff[0]} ({states[num_seen + diff[0]]} vs "
           f"{labels[UNSEEN_SUFFIX][diff[0]]}); expected the same states")
-  feats = feats.T.astype(np.float16) if cast else feats.T
-  return {"features": np.ascontiguousarray(feats), "labels": states, "image_id": name}
+  return states
 
 
 def iter_examples(index: NusWideIndex, split: str,
-                  scene: tfds_common.SceneSource | None = None
+                  scene: tfds_common.SceneSource | None = None,
+                  features: extracted.ExtractedFeatures | None = None
                   ) -> Iterator[tuple[int, dict[str, Any]]]:
   """(position, example) of a stored split ("train" / "test"), one image at a time (with
-  ``scene``: plus ``scene``, computed ``tfds_common.SCENE_BATCH`` images at a time)."""
+  ``scene``: plus ``scene``, computed ``tfds_common.SCENE_BATCH`` images at a time; with
+  ``features``, an extract run: its features and scene, the h5 files' labels)."""
   h5_file = TRAIN_H5 if split == "train" else TEST_H5
   path = index.path(h5_file)
   with open_h5(path) as f:
     raw = ((position, read_example(f, path, name, split, index.num_seen, index.num_unseen,
-                                   cast=False))
+                                   cast=False, features=features))
            for position, name in enumerate(index.image_names[split]))
+    if features is not None:
+      for position, ex in raw:
+        scene_value = ex.pop("scene")
+        if np.abs(scene_value).max(initial=0) > tfds_common.FP16_MAX:
+          raise ValueError(f"image {ex['image_id']!r}: scene feature beyond the float16 range")
+        yield position, {**ex, "features": ex["features"].astype(np.float16),
+                         "scene": scene_value.astype(np.float16)}
+      return
     yield from tfds_common.to_stored(raw, scene.fn if scene is not None else None)
 
 
@@ -534,12 +563,19 @@ class NusWide(tfds_common.LocalBuilder):
 
 
   SCENE = False  # True: the vgg19_scene config (NusWideVgg19Scene)
+  EXTRACTED = False  # True: features + scene of an extract run (NusWideExtracted)
+
+  def feature_layout(self) -> tuple[tuple[int, int], int, int]:
+    """(grid_shape, feature_dim, scene_dim) of what this builder stores."""
+    return GRID_SHAPE, FEATURE_DIM, 0
 
   def _info(self) -> tfds.core.DatasetInfo:
+    grid, dim, _ = self.feature_layout()
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n\n")[0],
-        features=tfds_common.region_example_features(NUM_REGIONS, FEATURE_DIM, self.SCENE),
+        features=tfds_common.region_example_features(grid[0] * grid[1], dim,
+                                                     self.SCENE or self.EXTRACTED),
         metadata=tfds.core.MetadataDict(),
         disable_shuffling=True,  # records stay in the order of the name lists
     )
@@ -548,26 +584,35 @@ class NusWide(tfds_common.LocalBuilder):
   # tfds creates anything under data_dir.
   _preloaded: tuple[str, NusWideIndex] | None = None
   _scene: tfds_common.SceneSource | None = None  # the loaded head, set by ``prepare``
+  _features: extracted.ExtractedFeatures | None = None  # an extract run, set by ``prepare``
 
   def _split_generators(self, dl_manager):
     source_dir = find_source_dir(os.fspath(dl_manager.manual_dir))
     if self._preloaded is not None and self._preloaded[0] == source_dir:
       index = self._preloaded[1]
     else:
-      index = load_index(source_dir)
+      index = load_index(source_dir, features=not self.EXTRACTED)
+    if self.EXTRACTED and self._features is None:
+      raise ValueError(f"nus_wide ({self.builder_config.name}): not prepared under "
+                       f"{os.fspath(self.data_dir_root)!r}; prepare it with "
+                       "data.features_dir = the extract --out_dir")
     if self.SCENE and self._scene is None:
       raise tfds_common.missing_scene_error("nus_wide", os.fspath(self.data_dir_root),
                                             CONFIG_FILE)
     _warn_if_unofficial(index)
     scene = self._scene if self.SCENE else None
     self.info.metadata.update(metadata(index, scene))
-    return {split: self._generate_examples(index, split, scene) for split in STORED_SPLITS}
+    if self.EXTRACTED:
+      self.info.metadata.update(extracted_metadata(self, self._features))
+    return {split: self._generate_examples(index, split, scene, self._features)
+            for split in STORED_SPLITS}
 
   def _generate_examples(self, index: NusWideIndex, split: str,
-                         scene: tfds_common.SceneSource | None = None):
+                         scene: tfds_common.SceneSource | None = None,
+                         features: extracted.ExtractedFeatures | None = None):
     # With disable_shuffling tfds writes records in key order: the keys are the positions in
     # the name list, spread over tfds' buckets (bounded memory; tfds_common.example_key).
-    yield from tfds_common.spread_keys(iter_examples(index, split, scene),
+    yield from tfds_common.spread_keys(iter_examples(index, split, scene, features),
                                        len(index.image_names[split]))
 
 
@@ -578,6 +623,41 @@ class NusWideVgg19Scene(NusWide, skip_registration=True):
   name = "nus_wide"
   BUILDER_CONFIGS = [tfds_common.vgg19_scene_config()]
   SCENE = True
+
+
+def extracted_layout(backbone: str) -> tuple[tuple[int, int], int, int]:
+  """(grid_shape, feature_dim, scene_dim) of a CLIP release's patch tokens."""
+  from mlzsl_jax.backbones import clip as clip_lib  # pylint: disable=import-outside-toplevel
+  spec = clip_lib.named_spec(backbone)
+  return (spec.vision.grid,) * 2, spec.embed_dim, spec.embed_dim
+
+
+class NusWideExtracted(NusWide, skip_registration=True):
+  """``nus_wide`` on features extracted with ``extract --backbone <name>`` (a CLIP ViT):
+  builder config = the backbone's name (its own folder, ``<data_dir>/nus_wide/<name>/
+  <version>``); features = the patch tokens [N, D], scene = the class embedding [D], labels
+  and image lists from the official files (whose h5 files need only the label entries)."""
+
+  name = "nus_wide"
+  EXTRACTED = True
+
+  def feature_layout(self) -> tuple[tuple[int, int], int, int]:
+    return extracted_layout(self.builder_config.name)
+
+
+def extracted_metadata(builder: NusWide, features: extracted.ExtractedFeatures
+                       ) -> dict[str, Any]:
+  grid, dim, scene_dim = builder.feature_layout()
+  return {
+      "grid_shape": list(grid), "feature_dim": dim, "scene_dim": scene_dim,
+      "scene_feature": f"{builder.builder_config.name}_class_embedding",
+      "features_dir": features.out_dir, "extract_architecture": features.architecture,
+      "provenance": (
+          f"NUS-WIDE, features extracted with {builder.builder_config.name} from the images "
+          f"(extract --out_dir {features.out_dir}: CLIP patch tokens through ln_post and the "
+          f"projection, [D, N] -> [N, D] float16; scene = the projected class token); labels, "
+          f"label order, image order, splits and embeddings as the BiAM layout ("
+          f"{TRAIN_H5} / {TEST_H5} label entries)")}
 
 
 def check_split(split: str) -> None:
@@ -674,7 +754,8 @@ def _check_fingerprint(builder: NusWide, source_dir: str) -> None:
 
 
 def prepare(manual_dir: str = "", data_dir: str | None = None, scene: str = "none",
-            scene_weights: str = "") -> NusWide:
+            scene_weights: str = "", backbone: str = "vgg19", features_dir: str = ""
+            ) -> NusWide:
   """The ``nus_wide`` builder under ``data_dir``, built from ``manual_dir`` the first time.
 
   Validation of the lists, embeddings and h5 key structure happens before tfds writes anything;
@@ -684,12 +765,18 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, scene: str = "non
 
   ``scene='vgg19'``: the ``vgg19_scene`` config (module docstring); ``scene_weights`` (the
   torchvision VGG19 file) is needed to build it and, when given later, must be the same file.
+
+  ``backbone`` other than "vgg19" (a CLIP release, ``clip_vit_b16`` ...): the features and
+  scene of an extract run in ``features_dir`` (needed to build it), stored under the builder
+  config of that name (``NusWideExtracted``).
   """
   if scene not in tfds_common.SCENE_CHOICES:
     raise ValueError(f"config field data.scene={scene!r}: expected one of "
                      f"{tfds_common.SCENE_CHOICES}")
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
   source_dir = find_source_dir(manual_dir) if manual_dir else None
+  if backbone != "vgg19":
+    return _prepare_extracted(source_dir, data_dir, scene, backbone, features_dir)
   builder = (NusWideVgg19Scene if scene == "vgg19" else NusWide)(data_dir=data_dir)
   if builder.is_prepared():
     if source_dir is not None:
@@ -721,6 +808,58 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, scene: str = "non
   return builder
 
 
+def _prepare_extracted(source_dir: str | None, data_dir: str, scene: str, backbone: str,
+                       features_dir: str) -> NusWide:
+  grid, dim, _ = extracted_layout(backbone)  # an unknown name fails here
+  if scene != "none":
+    raise ValueError(f"config field data.scene={scene!r} with data.backbone={backbone!r}: the "
+                     "scene feature of extracted features is their class embedding; leave "
+                     "data.scene 'none'")
+  config = tfds.core.BuilderConfig(name=backbone, description=f"features of {backbone}")
+  builder = NusWideExtracted(config=config, data_dir=data_dir)
+  if builder.is_prepared():
+    if source_dir is not None:
+      _check_fingerprint(builder, source_dir)
+    return builder
+  if source_dir is None or not features_dir:
+    raise ValueError(
+        f"nus_wide with data.backbone={backbone!r} is not prepared under {data_dir!r}: give "
+        f"data.manual_dir (the official lists and label h5 files) and data.features_dir (the "
+        f"extract --out_dir of `main extract --backbone {backbone}`) to build it")
+  features = extracted.ExtractedFeatures(features_dir, (dim, grid[0] * grid[1]), "clip")
+  print(f"nus_wide: validating {source_dir} and {features.out_dir}", flush=True)
+  index = load_index(source_dir, features=False)
+  features.check_listed(index.image_names["train"], os.path.join(source_dir, TRAIN_NAMES))
+  features.check_listed(index.image_names["test"], os.path.join(source_dir, TEST_NAMES))
+  print(f"nus_wide: building {index.num_examples()} with {backbone} features into "
+        f"{builder.data_dir}", flush=True)
+  builder._preloaded = (source_dir, index)  # pylint: disable=protected-access
+  builder._features = features  # pylint: disable=protected-access
+  try:
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=source_dir, try_download_gcs=False))
+  finally:
+    builder._preloaded = None  # pylint: disable=protected-access
+    builder._features = None  # pylint: disable=protected-access
+    features.close()
+  return builder
+
+
+def backbone_option(data_config) -> tuple[str, str]:
+  """(data.backbone, data.features_dir), validated: backbone 'vgg19' (the official features)
+  or a CLIP release name (``mlzsl_jax.backbones.clip.NAMED_SPECS``)."""
+  from mlzsl_jax.backbones import clip as clip_lib  # pylint: disable=import-outside-toplevel
+  backbone = data_config.get("backbone", "vgg19") or "vgg19"
+  choices = ("vgg19", *clip_lib.NAMED_SPECS)
+  if backbone not in choices:
+    raise ValueError(f"config field data.backbone={backbone!r}: expected one of {choices}")
+  features_dir = data_config.get("features_dir", "") or ""
+  if not isinstance(features_dir, str):
+    raise ValueError(f"config field data.features_dir: expected a folder path string, got "
+                     f"{features_dir!r}")
+  return backbone, features_dir
+
+
 @register_dataset("nus_wide")
 def nus_wide_factory(data_config) -> NusWideSource:
   """Registered factory: reads data.manual_dir (the official NUS-WIDE folder; required until
@@ -732,8 +871,10 @@ def nus_wide_factory(data_config) -> NusWideSource:
     raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
                      f"{manual_dir!r}")
   scene, scene_weights = tfds_common.scene_option(data_config)
+  backbone, features_dir = backbone_option(data_config)
   return NusWideSource(prepare(manual_dir, data_config.get("data_dir", None) or None,
-                               scene=scene, scene_weights=scene_weights),
+                               scene=scene, scene_weights=scene_weights, backbone=backbone,
+                               features_dir=features_dir),
                        train_mix_slices=int(data_config.get("mix_slices", 256)),
                        mix_seed=int(data_config.get("seed", 0)))
 
@@ -744,10 +885,14 @@ def nus_wide_shapes(data_config) -> DatasetMeta:
   regions, the scene feature's 4096 with data.scene='vgg19', the official split sizes."""
   num_seen, num_unseen, num_train, num_test = OFFICIAL_SIZES
   scene, _ = tfds_common.scene_option(data_config)
+  backbone, _ = backbone_option(data_config)
+  grid, dim, scene_dim = ((GRID_SHAPE, FEATURE_DIM, 4096 if scene == "vgg19" else 0)
+                          if backbone == "vgg19" else extracted_layout(backbone))
   k = train80_size(num_train)
+  clip_dim = extracted_layout("clip_vit_b16")[1] if backbone == "vgg19" else dim
   return shapes_meta(
-      "nus_wide", num_seen + num_unseen, {EMBEDDING_SOURCE: 300}, GRID_SHAPE, FEATURE_DIM,
-      4096 if scene == "vgg19" else 0,
+      "nus_wide", num_seen + num_unseen, {EMBEDDING_SOURCE: 300, "clip": clip_dim}, grid, dim,
+      scene_dim,
       {"train": num_train, "train80": k, "val20": num_train - k,
        "lesa_train": num_train - LESA_VAL_SIZE, "lesa_val": LESA_VAL_SIZE, "test": num_test},
       "shapes of the official BiAM NUS-WIDE release (no data)")
