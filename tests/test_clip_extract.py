@@ -174,3 +174,46 @@ def test_nus_wide_extracted_errors(setup, tmp_path, monkeypatch):
     nus_wide.backbone_option({"backbone": "resnet"})
   with pytest.raises(ValueError, match=r"scene feature of extracted features is their class"):
     nus_wide.prepare("", str(tmp_path), scene="vgg19", backbone="clip_vit_tiny")
+
+
+def test_open_images_prepares_on_extracted_clip_tokens(setup, tmp_path, monkeypatch):
+  """The official label files and label-only h5 files (their -features entries deleted), the
+  images extracted with CLIP from one flat folder: every stored example has the extracted
+  tokens, the class embedding as scene, and the official labels."""
+  import test_open_images as oi_files  # the official-layout writer of the Open Images tests
+  from mlzsl_jax.data import get_dataset, open_images  # pylint: disable=import-outside-toplevel
+
+  _, weights, _ = setup
+  monkeypatch.setitem(clip_lib.NAMED_SPECS, "clip_vit_tiny", SPEC)
+  official = oi_files.write_official(tmp_path)
+  for path in official["manual"].rglob("*.h5"):
+    with h5py.File(path, "a") as f:
+      for key in [k for k in f if k.endswith("-features")]:
+        del f[key]
+  images = tmp_path / "images"
+  images.mkdir()
+  rng = np.random.default_rng(1)
+  for (_, _), entries in official["files"].items():
+    for name in entries:
+      Image.fromarray(rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)).save(images / name)
+  feats = tmp_path / "feats"
+  run_lib.extract_folder(str(images), str(feats), str(weights), backbone="clip_vit",
+                         batch_size=8, progress=False)
+  config = oi_files.data_config(official["manual"], tmp_path / "tfds")
+  config.backbone, config.features_dir = "clip_vit_tiny", str(feats)
+  source = get_dataset(config)
+  assert (source.meta.grid_shape, source.meta.feature_dim, source.meta.scene_dim) == (
+      (4, 4), 24, 24)
+  assert os.path.join("open_images", "clip_vit_tiny") in source.builder.data_dir
+  tokens = {key: value for key, value in run_lib.iter_features(str(feats))}
+  for split in ("train", "test"):
+    want = oi_files.expected_examples(official, split)
+    got = list(source.as_tf_dataset(split).as_numpy_iterator())
+    assert [g["image_id"].decode() for g in got] == [w["image_id"] for w in want]
+    for g, w in zip(got, want):
+      name = w["image_id"]
+      np.testing.assert_array_equal(g["labels"], w["labels"])
+      np.testing.assert_array_equal(g["features"], tokens[name]["regions"].astype(np.float16))
+      np.testing.assert_array_equal(g["scene"], tokens[name]["scene"].astype(np.float16))
+  with pytest.raises(ValueError, match=r"data.backbone='clip_vit_tiny' is not prepared"):
+    open_images.prepare("", str(tmp_path / "elsewhere"), backbone="clip_vit_tiny")

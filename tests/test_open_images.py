@@ -551,7 +551,8 @@ def test_build_through_disk_buckets_keeps_file_order(official, tmp_path, monkeyp
   """With tfds' in-memory buffer at 0 bytes every example goes through the bucket files (the
   path a 340 GB build takes); the stored order is still the file order."""
   scans, real_scan = [], oi.load_and_scan
-  monkeypatch.setattr(oi, "load_and_scan", lambda d: scans.append(d) or real_scan(d))
+  monkeypatch.setattr(oi, "load_and_scan",
+                      lambda d, *rest: scans.append(d) or real_scan(d, *rest))
   with through_disk_buckets() as bucket_sizes:
     builder = oi.prepare(str(official["manual"]), str(tmp_path), progress=False)
   assert max(bucket_sizes) == 1  # spread keys: a bucket per record, never the split in one

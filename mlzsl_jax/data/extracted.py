@@ -93,3 +93,44 @@ class ExtractedFeatures:
     for f in self._open.values():
       f.close()
     self._open.clear()
+
+
+# One index per process (the plain path's, or each Beam worker's): (folder, shape) -> index.
+_WORKER: dict[tuple[str, tuple[int, int]], ExtractedFeatures] = {}
+
+
+def worker_features(out_dir: str, feature_shape: tuple[int, int],
+                    backbone: str = "clip") -> ExtractedFeatures:
+  """The process's ``ExtractedFeatures`` of ``out_dir`` (indexed once, then kept)."""
+  key = (os.path.abspath(os.path.expanduser(out_dir)), tuple(feature_shape))
+  if key not in _WORKER:
+    _WORKER[key] = ExtractedFeatures(out_dir, feature_shape, backbone)
+  return _WORKER[key]
+
+
+def release_worker_features() -> None:
+  for features in _WORKER.values():
+    features.close()
+  _WORKER.clear()
+
+
+def extracted_layout(backbone: str) -> tuple[tuple[int, int], int, int]:
+  """(grid_shape, feature_dim, scene_dim) of a CLIP release's patch tokens, by name."""
+  from mlzsl_jax.backbones import clip as clip_lib  # pylint: disable=import-outside-toplevel
+  spec = clip_lib.named_spec(backbone)
+  return (spec.vision.grid,) * 2, spec.embed_dim, spec.embed_dim
+
+
+def backbone_option(data_config) -> tuple[str, str]:
+  """(data.backbone, data.features_dir), validated: backbone 'vgg19' (the official features)
+  or a CLIP release name (``mlzsl_jax.backbones.clip.NAMED_SPECS``)."""
+  from mlzsl_jax.backbones import clip as clip_lib  # pylint: disable=import-outside-toplevel
+  backbone = data_config.get("backbone", "vgg19") or "vgg19"
+  choices = ("vgg19", *clip_lib.NAMED_SPECS)
+  if backbone not in choices:
+    raise ValueError(f"config field data.backbone={backbone!r}: expected one of {choices}")
+  features_dir = data_config.get("features_dir", "") or ""
+  if not isinstance(features_dir, str):
+    raise ValueError(f"config field data.features_dir: expected a folder path string, got "
+                     f"{features_dir!r}")
+  return backbone, features_dir

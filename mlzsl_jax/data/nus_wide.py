@@ -625,11 +625,7 @@ class NusWideVgg19Scene(NusWide, skip_registration=True):
   SCENE = True
 
 
-def extracted_layout(backbone: str) -> tuple[tuple[int, int], int, int]:
-  """(grid_shape, feature_dim, scene_dim) of a CLIP release's patch tokens."""
-  from mlzsl_jax.backbones import clip as clip_lib  # pylint: disable=import-outside-toplevel
-  spec = clip_lib.named_spec(backbone)
-  return (spec.vision.grid,) * 2, spec.embed_dim, spec.embed_dim
+extracted_layout = extracted.extracted_layout
 
 
 class NusWideExtracted(NusWide, skip_registration=True):
@@ -845,19 +841,7 @@ def _prepare_extracted(source_dir: str | None, data_dir: str, scene: str, backbo
   return builder
 
 
-def backbone_option(data_config) -> tuple[str, str]:
-  """(data.backbone, data.features_dir), validated: backbone 'vgg19' (the official features)
-  or a CLIP release name (``mlzsl_jax.backbones.clip.NAMED_SPECS``)."""
-  from mlzsl_jax.backbones import clip as clip_lib  # pylint: disable=import-outside-toplevel
-  backbone = data_config.get("backbone", "vgg19") or "vgg19"
-  choices = ("vgg19", *clip_lib.NAMED_SPECS)
-  if backbone not in choices:
-    raise ValueError(f"config field data.backbone={backbone!r}: expected one of {choices}")
-  features_dir = data_config.get("features_dir", "") or ""
-  if not isinstance(features_dir, str):
-    raise ValueError(f"config field data.features_dir: expected a folder path string, got "
-                     f"{features_dir!r}")
-  return backbone, features_dir
+backbone_option = extracted.backbone_option
 
 
 @register_dataset("nus_wide")

@@ -113,6 +113,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from mlzsl_jax.data import extracted
 from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import (DatasetMeta, meta_from_tfds, register_dataset,
                                    register_dataset_shapes, shapes_meta)
@@ -407,19 +408,23 @@ def list_h5_files(manual_dir: str, split: str) -> tuple[str, ...]:
   return tuple(sorted(paths))
 
 
-def _suffixes(split: str) -> tuple[str, ...]:
-  return (SUFFIX_FEATURES, SUFFIX_SEEN) + ((SUFFIX_UNSEEN,) if split == "test" else ())
+def _suffixes(split: str, features: bool = True) -> tuple[str, ...]:
+  """The keys every image of a ``split`` file must have (``features=False``: the features
+  come from an extract folder, the file needs only the label entries)."""
+  return (((SUFFIX_FEATURES,) if features else ()) + (SUFFIX_SEEN,)
+          + ((SUFFIX_UNSEEN,) if split == "test" else ()))
 
 
-def image_names(path: str, f: h5py.File, split: str) -> list[str]:
+def image_names(path: str, f: h5py.File, split: str, features: bool = True) -> list[str]:
   """Sorted image names of an open file; ValueError naming the file and key for an unknown
   key or an image missing one of its entries."""
-  suffixes = _suffixes(split)
+  suffixes = _suffixes(split, features)
+  allowed = suffixes + ((SUFFIX_FEATURES,) if not features else ())  # present, not used
   found: dict[str, set[str]] = {}
   for key in f.keys():
     for suffix in (SUFFIX_FEATURES, SUFFIX_SEEN, SUFFIX_UNSEEN):
       if key.endswith(suffix) and len(key) > len(suffix):
-        if suffix not in suffixes:
+        if suffix not in allowed:
           raise ValueError(f"{path}: unexpected key {key!r}: {split} files hold only "
                            f"{['<name>' + s for s in suffixes]}")
         found.setdefault(key[:-len(suffix)], set()).add(suffix)
@@ -437,8 +442,10 @@ def image_names(path: str, f: h5py.File, split: str) -> list[str]:
   return names
 
 
-def _expected_shapes(split: str, labels: LabelInfo) -> dict[str, tuple[int, ...]]:
-  shapes = {SUFFIX_FEATURES: (FEATURE_DIM, NUM_REGIONS), SUFFIX_SEEN: (labels.num_seen,)}
+def _expected_shapes(split: str, labels: LabelInfo, features: bool = True
+                     ) -> dict[str, tuple[int, ...]]:
+  shapes = {SUFFIX_FEATURES: (FEATURE_DIM, NUM_REGIONS)} if features else {}
+  shapes[SUFFIX_SEEN] = (labels.num_seen,)
   if split == "test":
     shapes[SUFFIX_UNSEEN] = (len(labels.unseen_mids),)
   return shapes
@@ -456,20 +463,24 @@ def _check_dataset(path: str, key: str, obj: Any, shape: tuple[int, ...]) -> Non
     raise ValueError(f"{path}: key {key!r} must be numeric, got dtype {obj.dtype}")
 
 
-def scan_split(manual_dir: str, split: str, labels: LabelInfo) -> SplitFiles:
+def scan_split(manual_dir: str, split: str, labels: LabelInfo,
+               features: extracted.ExtractedFeatures | None = None) -> SplitFiles:
   """Opens every h5 file of ``split`` once (one at a time) and checks keys, shapes, dtypes.
 
   Reads metadata only (no feature values). Warns about image names that occur in several
-  files.
+  files. With ``features`` (an extract folder), the files need only the label entries and
+  every image must have been extracted.
   """
   paths = list_h5_files(manual_dir, split)
-  shapes = _expected_shapes(split, labels)
+  shapes = _expected_shapes(split, labels, features is None)
   counts, seen_names, duplicates = [], set(), []
   for path in paths:
     with open_h5(path) as f:
-      names = image_names(path, f, split)
+      names = image_names(path, f, split, features is None)
       if not names:
-        raise ValueError(f"{path}: holds no image (no '<name>{SUFFIX_FEATURES}' key)")
+        raise ValueError(f"{path}: holds no image (no '<name>{SUFFIX_SEEN}' key)")
+      if features is not None:
+        features.check_listed(names, path)
       for name in names:
         for suffix, shape in shapes.items():
           _check_dataset(path, name + suffix, f.get(name + suffix), shape)
@@ -501,6 +512,8 @@ class ReadSpec:
   spread_keys: bool  # plain path: keys spread over tfds' 128-bit range (see tfds_common.example_key)
   scene_weights: str = ""  # VGG19 file of the scene feature ('' = none); loaded once per process
   scene_sha256: str = ""  # its SHA-256 when the build started (checked by every worker)
+  features_dir: str = ""  # an extract folder: features + scene from there ('' = the h5 files)
+  feature_shape: tuple[int, int] = (FEATURE_DIM, NUM_REGIONS)  # [C, R] stored there
 
 
 def _read(path: str, f: h5py.File, key: str) -> np.ndarray:
@@ -534,6 +547,15 @@ def read_file_examples(path: str, offset: int, count: int, spec: ReadSpec
     count: images the scan found in it (checked again: the file must not have changed).
     spec: ``ReadSpec``.
   """
+  if spec.features_dir:
+    for key, ex in _read_file_float32(path, offset, count, spec):
+      scene = ex.pop("scene")
+      if np.abs(scene).max(initial=0) > FP16_MAX or np.abs(ex["features"]).max() > FP16_MAX:
+        raise ValueError(f"{spec.features_dir}: image {ex['image_id']!r} has features beyond "
+                         "the float16 range")
+      yield key, {**ex, "features": ex["features"].astype(np.float16),
+                  "scene": scene.astype(np.float16)}
+    return
   scene = None
   if spec.scene_weights:
     scene = tfds_common.worker_scene_source(spec.scene_weights, spec.scene_sha256,
@@ -544,18 +566,25 @@ def read_file_examples(path: str, offset: int, count: int, spec: ReadSpec
 def _read_file_float32(path: str, offset: int, count: int, spec: ReadSpec
                        ) -> Iterator[tuple[int, dict[str, Any]]]:
   """``read_file_examples`` with the features still float32 [196, 512]."""
+  features = (extracted.worker_features(spec.features_dir, spec.feature_shape)
+              if spec.features_dir else None)
   with open_h5(path) as f:
-    names = image_names(path, f, spec.split)
+    names = image_names(path, f, spec.split, features is None)
     if len(names) != count:
       raise ValueError(f"{path}: holds {len(names)} images, {count} when scanned (changed "
                        f"during the build?)")
     top = np.asarray(spec.top_unseen, np.int64)
     for i, name in enumerate(names):
       key = name + SUFFIX_FEATURES
-      feats = _read(path, f, key)
-      if feats.shape != (FEATURE_DIM, NUM_REGIONS):
-        raise ValueError(f"{path}: key {key!r} must have shape [{FEATURE_DIM}, "
-                         f"{NUM_REGIONS}], got {list(feats.shape)}")
+      extra = {}
+      if features is not None:
+        feats, extra["scene"] = features.read(name)
+        feats = feats.T  # back to [C, R], as the h5 files store it
+      else:
+        feats = _read(path, f, key)
+      if feats.shape != tuple(spec.feature_shape):
+        raise ValueError(f"{path}: key {key!r} must have shape {list(spec.feature_shape)}, "
+                         f"got {list(feats.shape)}")
       if feats.dtype.kind not in "fiub":
         raise ValueError(f"{path}: key {key!r} must be numeric, got dtype {feats.dtype}")
       feats = feats.astype(np.float32, copy=False)
@@ -579,6 +608,7 @@ def _read_file_float32(path: str, offset: int, count: int, spec: ReadSpec
           "features": np.ascontiguousarray(feats.T),
           "labels": labels,
           "image_id": name,
+          **extra,
       }
 
 
@@ -689,7 +719,8 @@ class Prepared:
   splits: dict[str, SplitFiles]
 
 
-def load_and_scan(manual_dir: str) -> Prepared:
+def load_and_scan(manual_dir: str, features: extracted.ExtractedFeatures | None = None
+                  ) -> Prepared:
   """``load_labels`` + ``scan_split`` of both splits (no feature values are read)."""
   manual_dir = os.path.expanduser(manual_dir)
   if not _is_remote(manual_dir) and not os.path.isdir(manual_dir):
@@ -701,7 +732,7 @@ def load_and_scan(manual_dir: str) -> Prepared:
     warnings.warn(f"open_images: label files give (seen, unseen in {UNSEEN_FILE}, evaluated "
                   f"unseen) = {got}; the official release has {OFFICIAL_SIZES}",
                   stacklevel=2)
-  splits = {split: scan_split(manual_dir, split, labels) for split in SPLITS}
+  splits = {split: scan_split(manual_dir, split, labels, features) for split in SPLITS}
   return Prepared(manual_dir=manual_dir, labels=labels, splits=splits)
 
 
@@ -714,18 +745,26 @@ class OpenImages(tfds_common.LocalBuilder):
 
 
   SCENE = False  # True: the vgg19_scene config (OpenImagesVgg19Scene)
+  EXTRACTED = False  # True: features + scene of an extract run (OpenImagesExtracted)
+
+  def feature_layout(self) -> tuple[tuple[int, int], int, int]:
+    """(grid_shape, feature_dim, scene_dim) of what this builder stores."""
+    return GRID_SHAPE, FEATURE_DIM, 0
 
   def _info(self) -> tfds.core.DatasetInfo:
+    grid, dim, _ = self.feature_layout()
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__.split("\n\n")[0],
-        features=tfds_common.region_example_features(NUM_REGIONS, FEATURE_DIM, self.SCENE),
+        features=tfds_common.region_example_features(grid[0] * grid[1], dim,
+                                                     self.SCENE or self.EXTRACTED),
         metadata=OpenImagesMetadata(),
         disable_shuffling=True,  # file order, then image-name order within a file
     )
 
   _preloaded: Prepared | None = None  # set by ``prepare``: validated before tfds writes
   _scene: tfds_common.SceneSource | None = None  # the loaded head, set by ``prepare``
+  _features_dir: str = ""  # the extract folder (EXTRACTED), set by ``prepare``
   _use_beam: bool = False
 
   def _download_and_prepare(self, dl_manager, download_config):
@@ -738,11 +777,28 @@ class OpenImages(tfds_common.LocalBuilder):
     if self.SCENE and self._scene is None:
       raise tfds_common.missing_scene_error("open_images", os.fspath(self.data_dir_root),
                                             CONFIG_FILE)
+    if self.EXTRACTED and not self._features_dir:
+      raise ValueError(f"open_images ({self.builder_config.name}): not prepared under "
+                       f"{os.fspath(self.data_dir_root)!r}; prepare it with "
+                       "data.features_dir = the extract --out_dir")
     prepared = self._preloaded
     if prepared is None or prepared.manual_dir != manual_dir:
-      prepared = load_and_scan(manual_dir)
+      prepared = load_and_scan(manual_dir, self._extracted_features())
     scene = self._scene if self.SCENE else None
     self.info.metadata.update(metadata(prepared.labels, prepared.splits, manual_dir, scene))
+    if self.EXTRACTED:
+      grid, dim, scene_dim = self.feature_layout()
+      features = self._extracted_features()
+      self.info.metadata.update({
+          "grid_shape": list(grid), "feature_dim": dim, "scene_dim": scene_dim,
+          "scene_feature": f"{self.builder_config.name}_class_embedding",
+          "features_dir": features.out_dir, "extract_architecture": features.architecture,
+          "provenance": (
+              f"Open Images v4, features extracted with {self.builder_config.name} (extract "
+              f"--out_dir {features.out_dir}: CLIP patch tokens through ln_post and the "
+              f"projection, [D, N] -> [N, D] float16; scene = the projected class token); "
+              f"labels, label order, image order and embeddings as the BiAM layout (the h5 "
+              f"files' label entries)")})
     return {split: self._generate_examples(prepared, split) for split in SPLITS}
 
   def _generate_examples(self, prepared: Prepared, split: str):
@@ -759,12 +815,37 @@ class OpenImages(tfds_common.LocalBuilder):
     if self.SCENE and self._scene is not None:
       spec = dataclasses.replace(spec, scene_weights=self._scene.weights["file"],
                                  scene_sha256=self._scene.weights["sha256"])
+    if self.EXTRACTED:
+      grid, dim, _ = self.feature_layout()
+      spec = dataclasses.replace(spec, features_dir=self._features_dir,
+                                 feature_shape=(dim, grid[0] * grid[1]))
     if not self._use_beam:
       return iter_split_examples(files, spec)
     beam = _beam()
     elements = list(zip(files.paths, files.offsets, files.counts))
     return (f"Files{split}" >> beam.Create(elements)
             | f"Read{split}" >> beam.FlatMap(_read_file_element, spec=spec))
+
+
+  def _extracted_features(self) -> extracted.ExtractedFeatures | None:
+    if not self.EXTRACTED:
+      return None
+    grid, dim, _ = self.feature_layout()
+    return extracted.worker_features(self._features_dir, (dim, grid[0] * grid[1]))
+
+
+class OpenImagesExtracted(OpenImages, skip_registration=True):
+  """``open_images`` on features extracted with ``extract --backbone <name>`` (a CLIP ViT):
+  builder config = the backbone's name (``<data_dir>/open_images/<name>/<version>``);
+  features = patch tokens [N, D], scene = the class embedding [D], keyed by the image names
+  of the h5 files (``<ImageID>.jpg``: extract from the folder of the images themselves),
+  whose label entries give the labels (their ``-features`` entries are not needed)."""
+
+  name = "open_images"
+  EXTRACTED = True
+
+  def feature_layout(self) -> tuple[tuple[int, int], int, int]:
+    return extracted.extracted_layout(self.builder_config.name)
 
 
 class OpenImagesVgg19Scene(OpenImages, skip_registration=True):
@@ -824,8 +905,8 @@ def _check_sources(builder: OpenImages, manual_dir: str) -> None:
 
 def prepare(manual_dir: str = "", data_dir: str | None = None, *,
             beam_runner: Any = None, beam_options: Any = None,
-            progress: bool = True, scene: str = "none", scene_weights: str = ""
-            ) -> OpenImages:
+            progress: bool = True, scene: str = "none", scene_weights: str = "",
+            backbone: str = "vgg19", features_dir: str = "") -> OpenImages:
   """Builder under ``data_dir``, built from ``manual_dir`` the first time.
 
   Args:
@@ -837,12 +918,30 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, *,
     scene: 'none', or 'vgg19': the ``vgg19_scene`` config (module docstring).
     scene_weights: the torchvision VGG19 file; needed to build the 'vgg19' dataset; when
       given for a prepared one, it must be the file it was built with.
+    backbone: 'vgg19' (the h5 files' features) or a CLIP release (``clip_vit_b16`` ...):
+      the features and scene of an extract run in ``features_dir`` (needed to build it).
   """
   if scene not in tfds_common.SCENE_CHOICES:
     raise ValueError(f"config field data.scene={scene!r}: expected one of "
                      f"{tfds_common.SCENE_CHOICES}")
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
-  builder = (OpenImagesVgg19Scene if scene == "vgg19" else OpenImages)(data_dir=data_dir)
+  if backbone != "vgg19":
+    extracted.extracted_layout(backbone)  # an unknown name fails here
+    if scene != "none":
+      raise ValueError(f"config field data.scene={scene!r} with data.backbone={backbone!r}: "
+                       "the scene feature of extracted features is their class embedding; "
+                       "leave data.scene 'none'")
+    builder = OpenImagesExtracted(config=tfds.core.BuilderConfig(
+        name=backbone, description=f"features of {backbone}"), data_dir=data_dir)
+    if not builder.is_prepared() and not features_dir:
+      raise ValueError(
+          f"open_images with data.backbone={backbone!r} is not prepared under {data_dir!r}: "
+          f"give data.manual_dir (the label files and label h5 files) and data.features_dir "
+          f"(the extract --out_dir of `main extract --backbone {backbone}`) to build it")
+    builder._features_dir = os.path.abspath(os.path.expanduser(features_dir)) \
+        if features_dir else ""  # pylint: disable=protected-access
+  else:
+    builder = (OpenImagesVgg19Scene if scene == "vgg19" else OpenImages)(data_dir=data_dir)
   if builder.is_prepared():
     if manual_dir:
       _check_sources(builder, os.path.expanduser(manual_dir))
@@ -861,11 +960,12 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, *,
           os.path.abspath(os.path.expanduser(scene_weights)), FEATURE_DIM, GRID_SHAPE)
       # this process's copy for read_file_examples (Beam workers elsewhere load their own)
       tfds_common.keep_scene_source(builder._scene)  # pylint: disable=protected-access
-    prepared = load_and_scan(manual_dir)  # before tfds touches data_dir
+    prepared = load_and_scan(manual_dir, builder._extracted_features())  # pylint: disable=protected-access
     print(f"open_images: building from {prepared.manual_dir} into {builder.data_dir} "
           f"({prepared.splits['train'].total} train, {prepared.splits['test'].total} test "
           f"images{', Apache Beam' if beam_runner or beam_options else ''}"
-          f"{', VGG19 scene feature' if builder.SCENE else ''})", flush=True)
+          f"{', VGG19 scene feature' if builder.SCENE else ''}"
+          f"{', ' + backbone + ' features' if builder.EXTRACTED else ''})", flush=True)
     builder._preloaded = prepared  # pylint: disable=protected-access
     bars = getattr(tqdm_utils, "_active", True)
     tfds.display_progress_bar(progress)
@@ -880,6 +980,7 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, *,
     builder._preloaded = None  # pylint: disable=protected-access
     builder._scene = None  # pylint: disable=protected-access
     tfds_common.release_scene_sources()
+    extracted.release_worker_features()
   return builder
 
 
@@ -894,8 +995,13 @@ def open_images_shapes(data_config) -> DatasetMeta:
   [196, 512] regions, the scene's 4096 with data.scene='vgg19', image counts rounded."""
   num_seen, _, num_top = OFFICIAL_SIZES
   scene, _ = tfds_common.scene_option(data_config)
-  return shapes_meta("open_images", num_seen + num_top, {EMBEDDING_SOURCE: 300}, GRID_SHAPE,
-                     FEATURE_DIM, 4096 if scene == "vgg19" else 0, APPROX_IMAGES,
+  backbone, _ = extracted.backbone_option(data_config)
+  grid, dim, scene_dim = ((GRID_SHAPE, FEATURE_DIM, 4096 if scene == "vgg19" else 0)
+                          if backbone == "vgg19" else extracted.extracted_layout(backbone))
+  clip_dim = extracted.extracted_layout("clip_vit_b16")[1] if backbone == "vgg19" else dim
+  return shapes_meta("open_images", num_seen + num_top,
+                     {EMBEDDING_SOURCE: 300, "clip": clip_dim}, grid, dim, scene_dim,
+                     APPROX_IMAGES,
                      "shapes of BiAM's Open Images v4 release (no data; image counts rounded)")
 
 
@@ -910,8 +1016,10 @@ def open_images_factory(data_config) -> OpenImagesSource:
     raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
                      f"{manual_dir!r}")
   scene, scene_weights = tfds_common.scene_option(data_config)
+  backbone, features_dir = extracted.backbone_option(data_config)
   return OpenImagesSource(prepare(manual_dir, data_config.get("data_dir", None) or None,
-                                  scene=scene, scene_weights=scene_weights))
+                                  scene=scene, scene_weights=scene_weights,
+                                  backbone=backbone, features_dir=features_dir))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
