@@ -62,6 +62,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from mlzsl_jax.backbones import clip_weights, safetensors_io  # noqa: E402
+from threads import pin_threads  # noqa: E402  (benchmarks/threads.py)
 
 F32_TOL = 1e-5  # max |ours - ref| / max |ref|, float32 (as tests/test_clip_towers.py)
 
@@ -207,19 +208,6 @@ def ours_side(path: str, dtype, images: np.ndarray, ids: np.ndarray, want, repea
 
 
 # ------------------------------------------------------------------------------ main
-
-
-def pin_threads(threads: int) -> int:
-  """Restricts this process to ``threads`` cores (XLA's and torch's pools alike)."""
-  import torch  # pylint: disable=import-outside-toplevel
-  cores = sorted(os.sched_getaffinity(0))
-  threads = len(cores) if threads <= 0 else threads
-  if threads > len(cores):
-    raise SystemExit(f"--threads={threads}: only {len(cores)} cores are available")
-  if threads < len(cores):
-    os.sched_setaffinity(0, cores[:threads])
-  torch.set_num_threads(threads)
-  return threads
 
 
 def main() -> int:

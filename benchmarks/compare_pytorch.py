@@ -33,6 +33,7 @@ import torch
 from flax import nnx
 
 import torch_biam
+from threads import pin_threads
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
 from mlzsl_jax.data.source import DatasetMeta
@@ -48,20 +49,6 @@ GRAD_TOL = 1e-2
 CHECKED_GRADS = ("stem/conv/kernel", "stem/bn/scale", "region_context/w_q/kernel",
                  "region_context/ff2/bias", "scene_context/w_g/kernel",
                  "scene_context/refine/conv/kernel", "fuse/kernel", "label_proj/kernel")
-
-
-def pin_threads(threads: int) -> int:
-  """Restricts this process (and the threads it starts later) to ``threads`` cores, so that
-  XLA's and torch's thread pools both see the same cores; returns the thread count."""
-  cores = sorted(os.sched_getaffinity(0))
-  if threads <= 0:
-    threads = len(cores)
-  if threads > len(cores):
-    raise ValueError(f"--threads={threads}: only {len(cores)} cores are available")
-  if threads < len(cores):
-    os.sched_setaffinity(0, cores[:threads])
-  torch.set_num_threads(threads)
-  return threads
 
 
 def relative_error(ours, theirs) -> float:

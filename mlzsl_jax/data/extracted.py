@@ -121,6 +121,22 @@ def extracted_layout(backbone: str) -> tuple[tuple[int, int], int, int]:
   return (spec.vision.grid,) * 2, spec.embed_dim, spec.embed_dim
 
 
+def metadata(dataset: str, backbone: str, features: ExtractedFeatures,
+             layout: tuple[tuple[int, int], int, int], labels_from: str) -> dict:
+  """The dataset metadata fields of a build from an extract folder (they replace the
+  official features' grid, dims and provenance)."""
+  grid, dim, scene_dim = layout
+  return {
+      "grid_shape": list(grid), "feature_dim": dim, "scene_dim": scene_dim,
+      "scene_feature": f"{backbone}_class_embedding",
+      "features_dir": features.out_dir, "extract_architecture": features.architecture,
+      "provenance": (
+          f"{dataset}, features extracted with {backbone} (extract --out_dir "
+          f"{features.out_dir}: CLIP patch tokens through ln_post and the projection, "
+          f"[D, N] -> [N, D] float16; scene = the projected class token); labels, label "
+          f"order, image order, splits and embeddings as the BiAM layout ({labels_from})")}
+
+
 def backbone_option(data_config) -> tuple[str, str]:
   """(data.backbone, data.features_dir), validated: backbone 'vgg19' (the official features)
   or a CLIP release name (``mlzsl_jax.backbones.clip.NAMED_SPECS``)."""

@@ -643,17 +643,9 @@ class NusWideExtracted(NusWide, skip_registration=True):
 
 def extracted_metadata(builder: NusWide, features: extracted.ExtractedFeatures
                        ) -> dict[str, Any]:
-  grid, dim, scene_dim = builder.feature_layout()
-  return {
-      "grid_shape": list(grid), "feature_dim": dim, "scene_dim": scene_dim,
-      "scene_feature": f"{builder.builder_config.name}_class_embedding",
-      "features_dir": features.out_dir, "extract_architecture": features.architecture,
-      "provenance": (
-          f"NUS-WIDE, features extracted with {builder.builder_config.name} from the images "
-          f"(extract --out_dir {features.out_dir}: CLIP patch tokens through ln_post and the "
-          f"projection, [D, N] -> [N, D] float16; scene = the projected class token); labels, "
-          f"label order, image order, splits and embeddings as the BiAM layout ("
-          f"{TRAIN_H5} / {TEST_H5} label entries)")}
+  return extracted.metadata("NUS-WIDE", builder.builder_config.name, features,
+                            builder.feature_layout(),
+                            f"{TRAIN_H5} / {TEST_H5} label entries")
 
 
 def check_split(split: str) -> None:
@@ -794,6 +786,12 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, scene: str = "non
   print(f"nus_wide: building {index.num_examples()} from {source_dir} into {builder.data_dir}"
         + (f" with the VGG19 scene feature ({scene_weights})" if builder.SCENE else ""),
         flush=True)
+  return _build(builder, source_dir, index)
+
+
+def _build(builder: NusWide, source_dir: str, index: NusWideIndex) -> NusWide:
+  """Writes the dataset from the validated ``index`` (and the scene head / extract folder
+  ``prepare`` set on the builder), then drops what ``prepare`` set."""
   builder._preloaded = (source_dir, index)  # pylint: disable=protected-access
   try:
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
@@ -801,6 +799,9 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, scene: str = "non
   finally:
     builder._preloaded = None  # pylint: disable=protected-access
     builder._scene = None  # pylint: disable=protected-access
+    if builder._features is not None:  # pylint: disable=protected-access
+      builder._features.close()  # pylint: disable=protected-access
+    builder._features = None  # pylint: disable=protected-access
   return builder
 
 
@@ -829,16 +830,8 @@ def _prepare_extracted(source_dir: str | None, data_dir: str, scene: str, backbo
   features.check_listed(index.image_names["test"], os.path.join(source_dir, TEST_NAMES))
   print(f"nus_wide: building {index.num_examples()} with {backbone} features into "
         f"{builder.data_dir}", flush=True)
-  builder._preloaded = (source_dir, index)  # pylint: disable=protected-access
   builder._features = features  # pylint: disable=protected-access
-  try:
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=source_dir, try_download_gcs=False))
-  finally:
-    builder._preloaded = None  # pylint: disable=protected-access
-    builder._features = None  # pylint: disable=protected-access
-    features.close()
-  return builder
+  return _build(builder, source_dir, index)
 
 
 backbone_option = extracted.backbone_option

@@ -787,18 +787,9 @@ class OpenImages(tfds_common.LocalBuilder):
     scene = self._scene if self.SCENE else None
     self.info.metadata.update(metadata(prepared.labels, prepared.splits, manual_dir, scene))
     if self.EXTRACTED:
-      grid, dim, scene_dim = self.feature_layout()
-      features = self._extracted_features()
-      self.info.metadata.update({
-          "grid_shape": list(grid), "feature_dim": dim, "scene_dim": scene_dim,
-          "scene_feature": f"{self.builder_config.name}_class_embedding",
-          "features_dir": features.out_dir, "extract_architecture": features.architecture,
-          "provenance": (
-              f"Open Images v4, features extracted with {self.builder_config.name} (extract "
-              f"--out_dir {features.out_dir}: CLIP patch tokens through ln_post and the "
-              f"projection, [D, N] -> [N, D] float16; scene = the projected class token); "
-              f"labels, label order, image order and embeddings as the BiAM layout (the h5 "
-              f"files' label entries)")})
+      self.info.metadata.update(extracted.metadata(
+          "Open Images v4", self.builder_config.name, self._extracted_features(),
+          self.feature_layout(), "the h5 files' label entries"))
     return {split: self._generate_examples(prepared, split) for split in SPLITS}
 
   def _generate_examples(self, prepared: Prepared, split: str):
