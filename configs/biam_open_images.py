@@ -37,11 +37,12 @@ the region features, computed once when the dataset is prepared (``data.scene_we
 torchvision file) and stored with it; ``mean_region`` (default) = a learned projection of the
 mean region feature, NOT the paper's architecture.
 
-Config arguments: ``protocol=official`` (default, the paper's table) or ``per_label``
+Config arguments: ``backbone=vgg19|clip_vit_b16|...`` (CLIP tokens of an extract folder,
+docs/clip.md); ``protocol=official`` (default, the paper's table) or ``per_label``
 (textbook per-label AP); ``scene=mean_region|vgg19``; ``smoke=True``: tiny sizes for tests.
 """
 
-from mlzsl_jax.config_base import base_config, parse_arg
+from mlzsl_jax.config_base import base_config, parse_arg, set_backbone
 from mlzsl_jax.models import biam
 
 NUM_SEEN, NUM_UNSEEN = 7186, 400
@@ -49,7 +50,8 @@ SCENES = ("mean_region", "vgg19")
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, protocol="official", smoke=False, scene="mean_region")
+  args = parse_arg(arg, protocol="official", smoke=False, scene="mean_region",
+                   backbone="vgg19")
   if args.protocol not in ("official", "per_label"):
     raise ValueError(f"config argument protocol={args.protocol!r}: expected 'official' or "
                      f"'per_label'")
@@ -74,6 +76,7 @@ def get_config(arg: str | None = None):
   c.model.out_dim = 512
   c.model.top_k = 6
   c.model.scene_source = "dataset" if args.scene == "vgg19" else "mean_region"
+  set_backbone(c, args.backbone, args.scene)  # vgg19, or a CLIP release (docs/clip.md)
   c.model.label_chunk = 1024
   c.loss.name = "ranking_sorted"
   c.optimizer.name = "adam"

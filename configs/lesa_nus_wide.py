@@ -23,7 +23,7 @@ its order without shuffling; ours is the NUS-WIDE name-list order mixed and shuf
 (data.mix_slices, train.shuffle_buffer), and an epoch drops the last partial batch.
 """
 
-from mlzsl_jax.config_base import base_config, parse_arg
+from mlzsl_jax.config_base import base_config, parse_arg, set_backbone
 from mlzsl_jax.models import lesa
 
 NUM_SEEN, NUM_UNSEEN = 925, 81
@@ -36,7 +36,7 @@ def official_val_steps(num_steps: int, every: int) -> tuple[int, ...]:
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, num_steps=200000, val_every=4000)
+  args = parse_arg(arg, num_steps=200000, val_every=4000, backbone="vgg19")
   c = base_config()
   c.seed = 3483
   c.data.name = "nus_wide"
@@ -75,6 +75,7 @@ def get_config(arg: str | None = None):
   c.eval.ks = (3, 5)
   c.eval.exclude_images_without_positive = False
   c.eval.batch_size = 500
+  set_backbone(c, args.backbone)  # vgg19, or a CLIP release (docs/clip.md)
   return c
 
 

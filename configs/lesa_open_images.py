@@ -19,7 +19,7 @@ this config trains at the constant starting rate and reports the final model (th
 the two models the script tests). See docs/reproduce.md.
 """
 
-from mlzsl_jax.config_base import base_config, parse_arg
+from mlzsl_jax.config_base import base_config, parse_arg, set_backbone
 from mlzsl_jax.models import lesa
 
 NUM_SEEN, NUM_UNSEEN = 7186, 400
@@ -28,7 +28,7 @@ TEST_EVERY = NUM_STEPS // 4  # (i + 1) % 85962 == 0 in the script
 
 
 def get_config(arg: str | None = None):
-  args = parse_arg(arg, num_steps=NUM_STEPS, test_every=TEST_EVERY)
+  args = parse_arg(arg, num_steps=NUM_STEPS, test_every=TEST_EVERY, backbone="vgg19")
   c = base_config()
   c.seed = 3483
   c.data.name = "open_images"
@@ -58,6 +58,7 @@ def get_config(arg: str | None = None):
   c.eval.protocol = "open_images_per_label"
   c.eval.ks = (10, 20)
   c.eval.batch_size = 128
+  set_backbone(c, args.backbone)  # vgg19, or a CLIP release (docs/clip.md)
   return c
 
 

@@ -149,6 +149,28 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def set_backbone(c: ml_collections.ConfigDict, backbone: str, scene: str = "none") -> None:
+  """The config argument ``backbone=`` of the NUS-WIDE / Open Images configs: 'vgg19' keeps
+  the official features; a CLIP release reads an extract folder (``data.features_dir``),
+  uses CLIP text label embeddings (``data.embedding=clip``) and the stored class embedding as
+  the scene feature (``model.scene_source='dataset'`` where the model has one).
+  ``scene`` is the config's scene= argument ('vgg19' cannot go with CLIP)."""
+  from mlzsl_jax.backbones import clip as clip_lib  # pylint: disable=import-outside-toplevel
+  choices = ("vgg19", *clip_lib.NAMED_SPECS)
+  if backbone not in choices:
+    raise ValueError(f"config argument backbone={backbone!r}: expected one of {choices}")
+  c.data.backbone = backbone
+  c.data.features_dir = ""  # the extract --out_dir (needed for the first build only)
+  if backbone == "vgg19":
+    return
+  if scene == "vgg19":
+    raise ValueError(f"config arguments backbone={backbone} and scene=vgg19: with a CLIP "
+                     "backbone the scene feature is the class embedding")
+  c.data.embedding = "clip"
+  if "scene_source" in c.model:
+    c.model.scene_source = "dataset"
+
+
 DEMO_DATA = ("mosaic", "colours")
 
 

@@ -242,8 +242,12 @@ def main(argv):
     raise app.UsageError(f"usage: python -m mlzsl_jax.main {{{','.join(COMMANDS)}}} "
                          "--config configs/<file>.py[:arg] --workdir DIR")
   logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep libraries quiet
-  if _CONFIG.value is None or (argv[1] in NEEDS_WORKDIR and not _WORKDIR.value):
-    raise app.UsageError("--config (and, except for prepare, --workdir) are required")
+  training_free = (_CONFIG.value is not None and argv[1] == "predict"
+                   and _CONFIG.value.model.get("name") == "clip_zero_shot")
+  if _CONFIG.value is None or (argv[1] in NEEDS_WORKDIR and not _WORKDIR.value
+                               and not training_free):
+    raise app.UsageError("--config (and, except for prepare and predict with clip_zero_shot, "
+                         "--workdir) are required")
   if argv[1] == "compile":  # runs on this machine's CPU for a topology it does not have
     from mlzsl_jax import accelerator
     accelerator.select_backend(accelerator.Expectation("cpu", "the compile command"))

@@ -47,6 +47,15 @@ def _attention_per_label_map(model, feats, label_emb, scene):
   return jnp.swapaxes(model(feats, label_emb, scene, train=False)["attention"], 1, 2)
 
 
+@REGION_MAPS.register("clip_zero_shot")
+def _clip_zero_shot_map(model, feats, label_emb, scene):
+  """Zero-shot CLIP: each patch token's cosine with the label's text embedding."""
+  del scene
+  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
+  return jnp.einsum("brd,ld->brl", unit(feats.astype(jnp.float32)),
+                    unit(label_emb.astype(jnp.float32)))
+
+
 @REGION_MAPS.register("lesa")
 def _lesa_map(model, feats, label_emb, scene):
   """LESA: the attention of the shared module that gives the label its (max) score."""

@@ -59,6 +59,8 @@ def restore(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | i
   source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
   mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
   trainer = train.Trainer(config, source.meta, mesh, steps_per_epoch=1)
+  if not trainer.has_parameters:  # a training-free model (clip_zero_shot): step 0, as built
+    return source, trainer, trainer.init_state(), 0
   mngr, step = checkpoint_step(workdir, config, checkpoint)
   differences = train.config_differences(config, workdir)
   if differences and jax.process_index() == 0:

@@ -233,6 +233,11 @@ class Trainer:
                       opt_state=self.tx.init(params),
                       rng=jax.random.key_data(jax.random.key(self.config.seed + 1)))
 
+  @property
+  def has_parameters(self) -> bool:
+    """False for a training-free model (clip_zero_shot): nothing to train or restore."""
+    return bool(jax.tree.leaves(self._init_params[0]))
+
   def init_state(self) -> TrainState:
     """A fresh, sharded state (same values on any mesh)."""
     return jax.jit(self._fresh_state, out_shardings=self.state_shardings)(*self._init_params)

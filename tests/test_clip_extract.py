@@ -95,52 +95,71 @@ def test_release_name_is_checked_against_the_file(setup, tmp_path):
 
 # ------------------------------------------------ NUS-WIDE on extracted CLIP tokens, trained
 
-def test_nus_wide_prepares_and_trains_on_extracted_clip_tokens(setup, tmp_path, monkeypatch):
-  """Official lists + label-only h5 files, images extracted with CLIP: the dataset stores the
-  patch tokens [N, D] and the class embedding as the scene; BiAM trains and evaluates on it
-  with CLIP label embeddings (configs/biam_nus_wide.py:backbone=<a CLIP release>)."""
+def load_config(name: str, arg: str):
   import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location(
+      name, os.path.join(os.path.dirname(__file__), "..", "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def nus_clip(setup, tmp_path_factory):
+  """Official lists + label-only h5 files, the images extracted with CLIP (a tiny "release"
+  registered as clip_vit_tiny while this module runs), a synthetic BPE vocabulary; returns
+  a function that fills a config's data block with those paths."""
   import test_nus_wide as nus_files  # the official-layout writer of the NUS-WIDE tests
-  from mlzsl_jax import train  # pylint: disable=import-outside-toplevel
   from mlzsl_jax.backbones import clip_tokenizer  # pylint: disable=import-outside-toplevel
-  from mlzsl_jax.data import get_dataset, nus_wide  # pylint: disable=import-outside-toplevel
 
   _, weights, _ = setup
-  monkeypatch.setitem(clip_lib.NAMED_SPECS, "clip_vit_tiny", SPEC)  # a tiny "release"
+  root = tmp_path_factory.mktemp("nus_clip")
   content = nus_files.official_content()
   names = content["train_names"] + content["test_names"]
   content["skip"] = [(n, "-features") for n in names]  # the h5 files hold labels only
-  source_dir = nus_files.write_files(tmp_path / "NUS-WIDE", content)
-  images = tmp_path / "images"
+  source_dir = nus_files.write_files(root / "NUS-WIDE", content)
+  images = root / "images"
   rng = np.random.default_rng(0)
   for name in names:  # 'actor_0002_174174086.jpg' is the key of actor/0002_174174086.jpg
     folder, rest = name.split("_", 1)
     (images / folder).mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(images / folder / rest)
-  feats = tmp_path / "feats"
+  feats = root / "feats"
   run_lib.extract_folder(str(images), str(feats), str(weights), backbone="clip_vit",
                          batch_size=8, progress=False)
-  ref.write_synthetic_vocab(tmp_path / clip_tokenizer.OPEN_CLIP_VOCAB)
+  ref.write_synthetic_vocab(root / clip_tokenizer.OPEN_CLIP_VOCAB)
 
-  spec = importlib.util.spec_from_file_location(
-      "biam_nus_wide", os.path.join(os.path.dirname(__file__), "..", "configs",
-                                    "biam_nus_wide.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("backbone=clip_vit_tiny")
+  def fill(config):
+    config.unlock()
+    config.data.manual_dir = str(source_dir)
+    config.data.features_dir = str(feats)
+    config.data.data_dir = str(root / "tfds")
+    config.data.clip_weights = str(weights)
+    config.data.clip_vocab = str(root / clip_tokenizer.OPEN_CLIP_VOCAB)
+    config.data.mix_slices = 2
+    config.train.batch_size, config.train.num_epochs = 8, min(config.train.num_epochs, 2)
+    config.optimizer.warmup_epochs = 0
+    config.eval.batch_size = 8
+    config.lock()
+    return config
+
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setitem(clip_lib.NAMED_SPECS, "clip_vit_tiny", SPEC)
+    yield fill, content, feats
+
+
+def test_nus_wide_prepares_and_trains_on_extracted_clip_tokens(nus_clip, tmp_path):
+  """The dataset stores the patch tokens [N, D] and the class embedding as the scene; BiAM
+  trains and evaluates on it with CLIP label embeddings
+  (configs/biam_nus_wide.py:backbone=<a CLIP release>)."""
+  from mlzsl_jax import train  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.data import get_dataset, nus_wide  # pylint: disable=import-outside-toplevel
+
+  fill, content, feats = nus_clip
+  config = load_config("biam_nus_wide", "backbone=clip_vit_tiny")
   config.unlock()
-  config.data.manual_dir = str(source_dir)
-  config.data.features_dir = str(feats)
-  config.data.data_dir = str(tmp_path / "tfds")
-  config.data.clip_weights = str(weights)
-  config.data.clip_vocab = str(tmp_path / clip_tokenizer.OPEN_CLIP_VOCAB)
-  config.data.mix_slices = 2
   config.model.channels, config.model.heads, config.model.out_dim = 8, 2, 16
-  config.train.batch_size, config.train.num_epochs = 8, 2
-  config.optimizer.warmup_epochs = 0
-  config.eval.batch_size = 8
-  config.lock()
-
+  fill(config)
   with pytest.warns(UserWarning, match="official release has"):
     source = get_dataset(config.data)
   meta = source.meta
@@ -149,19 +168,145 @@ def test_nus_wide_prepares_and_trains_on_extracted_clip_tokens(setup, tmp_path, 
   assert source.builder.data_dir.endswith(os.path.join("nus_wide", "clip_vit_tiny",
                                                        nus_wide.DATA_VERSION))
   stored = {ex["image_id"].decode(): ex for ex in source.as_tf_dataset("test").as_numpy_iterator()}
-  with h5py.File(sorted(feats.glob("features-*.h5"))[0], "r") as f:
-    key = content["test_names"][0]
-    shard = [p for p in sorted(feats.glob("features-*.h5"))
-             if key in [k.decode() if isinstance(k, bytes) else k
-                        for k in h5py.File(p, "r").attrs["image_keys"]]][0]
-  with h5py.File(shard, "r") as f:
-    np.testing.assert_array_equal(stored[key]["features"], f[f"{key}-features"][()].T)
-    np.testing.assert_array_equal(stored[key]["scene"],
-                                  f[f"{key}-scene"][()].astype(np.float16))
+  tokens = dict(run_lib.iter_features(str(feats)))
+  key = content["test_names"][0]
+  np.testing.assert_array_equal(stored[key]["features"], tokens[key]["regions"].astype(np.float16))
+  np.testing.assert_array_equal(stored[key]["scene"], tokens[key]["scene"].astype(np.float16))
   np.testing.assert_array_equal(stored[key]["labels"], content["test_labels"][0])
 
   result = train.train_and_evaluate(config, str(tmp_path / "run"))
   assert 0.0 <= result["zsl"]["map"] <= 1.0 and np.isfinite(result["gzsl"]["map"])
+
+  # predict: a photo of another size, free text, the workdir's CLIP backbone and templates
+  from mlzsl_jax import predict  # pylint: disable=import-outside-toplevel
+  photo = tmp_path / "photo.jpg"
+  Image.fromarray(np.random.default_rng(5).integers(0, 256, (61, 90, 3), dtype=np.uint8)
+                  ).save(photo)
+  out = predict.predict(config, str(tmp_path / "run"), [str(photo)],
+                        ["a red car", "sky", "dame’s rocket"], top_k=2,
+                        out_dir=str(tmp_path / "maps"))
+  assert [len(r["top"]) for r in out] == [2] and os.path.exists(out[0]["figure"])
+  best = max(out[0]["scores"], key=out[0]["scores"].get)
+  assert out[0]["top"][0][0] == best
+
+
+def test_glove_workdir_names_the_unknown_word():
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax import predict  # pylint: disable=import-outside-toplevel
+  config = ml_collections.ConfigDict({"data": {"name": "nus_wide", "embedding": "glove"}})
+  with pytest.raises(ValueError, match=r"label name 'scuba diving': not one of the dataset's "
+                     r"label names.*use a CLIP workdir"):
+    predict.embed_label_names(config, ["scuba diving"])
+
+
+def test_predict_with_clip_zero_shot_needs_no_workdir(setup, tmp_path):
+  """Photos of any size and any words, no workdir and no dataset: the scores are the loop
+  reference's on the CLIP tower outputs and the ensemble text embeddings; one region-map PNG
+  per photo."""
+  from mlzsl_jax import predict  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.backbones import clip_text, clip_tokenizer  # pylint: disable=import-outside-toplevel
+  _, weights, _ = setup
+  vocab = tmp_path / clip_tokenizer.OPEN_CLIP_VOCAB
+  ref.write_synthetic_vocab(vocab)
+  config = load_config("clip_zero_shot", "")
+  config.unlock()
+  config.data.clip_weights, config.data.clip_vocab = str(weights), str(vocab)
+  config.lock()
+  photos = []
+  for i, size in enumerate(((200, 300), (50, 41))):
+    photos.append(str(tmp_path / f"p{i}.jpg"))
+    Image.fromarray(np.random.default_rng(i).integers(0, 256, (*size, 3), dtype=np.uint8)
+                    ).save(photos[-1])
+  names = ["a dog on a beach", "sunset", "snow"]
+  out = predict.predict(config, None, photos, names, top_k=3, out_dir=str(tmp_path / "maps"))
+  model = clip_weights.load_clip(weights)
+  emb = clip_text.label_embeddings(names, model, clip_tokenizer.load_tokenizer(
+      str(weights), str(vocab)), "ensemble")
+  for result, photo in zip(out, photos):
+    image = model.encode_image(clip_preprocess.load_image(photo, 32)[None])
+    want = loop_zero_shot(np.asarray(image["tokens"], np.float64),
+                          np.asarray(image["class"], np.float64), emb.astype(np.float64),
+                          "mkt", 18)[0]
+    np.testing.assert_allclose([result["scores"][n] for n in names], want, rtol=1e-4,
+                               atol=1e-6)
+    assert os.path.exists(result["figure"])
+  config.unlock()
+  config.model.name = "biam"
+  with pytest.raises(ValueError, match="only the training-free clip_zero_shot"):
+    predict.predict(config, None, photos, names)
+
+
+def loop_zero_shot(tokens, scene, label_emb, mode, top_k, temperature=100.0):
+  """clip_zero_shot's scores [B, L] with loops (shared/spec-independent reference)."""
+  def unit(v):
+    return v / np.linalg.norm(v)
+  b, n, _ = tokens.shape
+  out = np.zeros((b, len(label_emb)))
+  for i in range(b):
+    g = np.array([unit(scene[i]) @ unit(e) for e in label_emb])
+    loc = []
+    for e in label_emb:
+      cos = sorted((unit(tokens[i, r]) @ unit(e) for r in range(n)), reverse=True)
+      loc.append(np.mean(cos[:min(top_k, n)]))
+    loc = np.array(loc)
+    if mode == "global":
+      out[i] = g
+    elif mode == "local":
+      out[i] = loc
+    else:
+      sg = np.exp(temperature * g - np.max(temperature * g))
+      sl = np.exp(temperature * loc - np.max(temperature * loc))
+      out[i] = 0.5 * sg / sg.sum() + 0.5 * sl / sl.sum()
+  return out
+
+
+@pytest.mark.parametrize("mode", ["global", "local", "mkt"])
+def test_clip_zero_shot_scores_match_loops(mode):
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.models import clip_zero_shot  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(2)
+  tokens, scene = rng.normal(size=(3, 7, 5)), rng.normal(size=(3, 5))
+  label_emb = rng.normal(size=(4, 5))
+  config = clip_zero_shot.model_config()
+  config.mode, config.top_k, config.temperature = mode, 3, 2.0
+  model = clip_zero_shot.build(config, feature_dim=5, emb_dim=5, grid_shape=(1, 7),
+                               scene_dim=5, rngs=nnx.Rngs(0))
+  got = model(tokens.astype(np.float32), label_emb.astype(np.float32),
+              scene.astype(np.float32))["scores"]
+  np.testing.assert_allclose(np.asarray(got), loop_zero_shot(tokens, scene, label_emb, mode, 3,
+                                                             2.0), rtol=1e-5, atol=1e-6)
+  assert not nnx.state(model, nnx.Param)  # nothing to train
+  if mode != "local":  # the class embedding is needed, and must be there
+    with pytest.raises(ValueError, match="needs the class embedding as the scene feature"):
+      clip_zero_shot.build(config, feature_dim=5, emb_dim=5, grid_shape=(1, 7), scene_dim=0,
+                           rngs=nnx.Rngs(0))
+
+
+def test_clip_zero_shot_evaluates_without_training_and_fast0tag_trains(nus_clip, tmp_path):
+  """``main evaluate`` of clip_zero_shot needs no checkpoint and scores every test image as
+  the loop reference does; another model (Fast0Tag) trains on the same CLIP dataset through
+  configs/clip_models.py."""
+  from mlzsl_jax import evaluate, restore, train  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.data import get_dataset  # pylint: disable=import-outside-toplevel
+
+  fill, _, _ = nus_clip
+  config = fill(load_config("clip_models", "model=clip_zero_shot,backbone=clip_vit_tiny"))
+  result = restore.evaluate(config, str(tmp_path / "zero_shot"))
+  assert (tmp_path / "zero_shot" / "results.json").exists()
+  source, trainer, state, step = restore.restore(config, str(tmp_path / "zero_shot"))
+  assert step == 0 and not trainer.has_parameters
+  zsl, gzsl, labels = evaluate.collect_scores(trainer, source, state, config)
+  batch = list(source.as_tf_dataset("test").as_numpy_iterator())
+  tokens = np.stack([ex["features"] for ex in batch]).astype(np.float64)
+  scene = np.stack([ex["scene"] for ex in batch]).astype(np.float64)
+  emb = get_dataset(config.data).meta.embedding("clip").astype(np.float64)
+  want = loop_zero_shot(tokens, scene, emb, "mkt", config.model.top_k)
+  np.testing.assert_allclose(np.asarray(gzsl), want, rtol=1e-4, atol=1e-6)
+  assert 0.0 <= result["zsl"]["map"] <= 1.0
+
+  config = fill(load_config("clip_models", "model=fast0tag,backbone=clip_vit_tiny,smoke=True"))
+  trained = train.train_and_evaluate(config, str(tmp_path / "fast0tag"))
+  assert np.isfinite(trained["gzsl"]["map"])
 
 
 def test_nus_wide_extracted_errors(setup, tmp_path, monkeypatch):
