@@ -50,6 +50,8 @@ class LabelSplit:
 def label_split(config: ml_collections.ConfigDict, meta: DatasetMeta) -> LabelSplit:
   """Seen/unseen label ids from the config, validated against the dataset."""
   seen, unseen = tuple(config.data.seen_labels), tuple(config.data.unseen_labels)
+  if not seen and not unseen and meta.default_split is not None:
+    seen, unseen = meta.default_split  # the dataset's own split (a user's folder dataset)
   for field, ids in (("data.seen_labels", seen), ("data.unseen_labels", unseen)):
     if not ids:
       raise ValueError(f"config field {field} is empty")

@@ -40,6 +40,8 @@ class DatasetMeta:
     scene_dim: length of the stored scene feature, 0 if none is stored.
     num_examples: split name -> number of examples.
     provenance: free text: where features / labels / embeddings came from.
+    default_split: (seen ids, unseen ids) the dataset defines, used when the config leaves
+      data.seen_labels and data.unseen_labels empty (a user's folder dataset); None if none.
   """
 
   name: str
@@ -50,6 +52,7 @@ class DatasetMeta:
   scene_dim: int
   num_examples: dict[str, int]
   provenance: str = ""
+  default_split: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
   @property
   def num_labels(self) -> int:
@@ -81,6 +84,9 @@ def meta_from_tfds(name: str, builder, splits) -> DatasetMeta:
       scene_dim=int(md.get("scene_dim", 0)),
       num_examples={s: int(builder.info.splits[s].num_examples) for s in splits},
       provenance=md["provenance"],
+      default_split=((tuple(int(i) for i in md["seen_labels"]),
+                      tuple(int(i) for i in md["unseen_labels"]))
+                     if "seen_labels" in md and "unseen_labels" in md else None),
   )
 
 
