@@ -50,6 +50,8 @@ def get_config(arg: str | None = None):
     module = importlib.import_module(f"mlzsl_jax.models.{args.model}")
     c.model = module.model_config()
     c.loss = module.loss_config() if hasattr(module, "loss_config") else c.loss
+    if "num_seen" in c.model:  # ConSE's classifier is over the seen labels
+      c.model.num_seen = len(c.data.seen_labels)
     if args.model == "clip_zero_shot":
       c.train.num_epochs = 0  # nothing to train: main evaluate scores it as built
   if args.smoke:

@@ -10,8 +10,9 @@
 The label split is the folder's (seen = every label not in ``data.unseen``); label
 embeddings are CLIP text embeddings of the label names (``data.embedding=clip``, with either
 backbone). Config arguments: model (any registered model; clip_zero_shot is evaluated, not
-trained), backbone (clip_vit_b16 | another CLIP release | vgg19), k (the K of P/R/F1@K, 3),
-smoke (tiny widths and lengths, tests).
+trained; conse also needs --config.model.num_seen=<number of seen labels>), backbone
+(clip_vit_b16 | another CLIP release | vgg19), k (the K of P/R/F1@K, 3), smoke (tiny widths
+and lengths, tests).
 """
 
 import importlib

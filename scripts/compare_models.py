@@ -48,6 +48,22 @@ def command(model: str, args, workdir: Path) -> list[str]:
           f"--workdir={workdir}", f"--config.seed={args.seed}", *args.overrides]
 
 
+def comparison_table(workdirs: list[str], seed: int) -> str:
+  """Markdown: one row per model (the workdir's name), the papers' column order, then the
+  chance row; one table per evaluated split."""
+  first = json.loads((Path(workdirs[0]) / "results.json").read_text())
+  dataset = first["config"]["data"]["name"]
+  text = ""
+  for split in [None, *first.get("splits", {})]:
+    header, rows = report.build_table(workdirs, fields=[], split=split)
+    header, rows = ["Model", *header[1:-1]], [row[:-1] for row in rows]  # no step column
+    images = first["splits"][split]["num_images"] if split else first["num_images"]
+    text += (f"{dataset} {split or 'test'} split, {images} images, seed {seed}; "
+             f"mAP = official (labels without positives count 0); values x100\n\n"
+             + report.to_markdown(header, rows) + "\n\n")
+  return text.rstrip()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--models", nargs="+", default=None,
@@ -71,18 +87,7 @@ def main():
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
     workdirs.append(str(ROOT / workdir))
-  # One row per model (the workdir's name), the papers' column order, then the chance row.
-  first = json.loads((Path(workdirs[0]) / "results.json").read_text())
-  dataset = first["config"]["data"]["name"]
-  text = ""
-  for split in [None, *first.get("splits", {})]:
-    header, rows = report.build_table(workdirs, fields=[], split=split)
-    header, rows = ["Model", *header[1:-1]], [row[:-1] for row in rows]  # no step column
-    images = first["splits"][split]["num_images"] if split else first["num_images"]
-    text += (f"{dataset} {split or 'test'} split, {images} images, seed {args.seed}; "
-             f"mAP = official (labels without positives count 0); values x100\n\n"
-             + report.to_markdown(header, rows) + "\n\n")
-  text = text.rstrip()
+  text = comparison_table(workdirs, args.seed)
   print("\n" + text)
   (ROOT / args.workdir / "comparison.md").write_text(text + "\n")
 

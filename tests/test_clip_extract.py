@@ -282,10 +282,10 @@ def test_clip_zero_shot_scores_match_loops(mode):
                            rngs=nnx.Rngs(0))
 
 
-def test_clip_zero_shot_evaluates_without_training_and_fast0tag_trains(nus_clip, tmp_path):
+def test_clip_zero_shot_evaluates_untrained_and_every_model_trains(nus_clip, tmp_path):
   """``main evaluate`` of clip_zero_shot needs no checkpoint and scores every test image as
-  the loop reference does; another model (Fast0Tag) trains on the same CLIP dataset through
-  configs/clip_models.py."""
+  the loop reference does; every other model trains on the same CLIP dataset through
+  configs/clip_models.py; one table holds them all."""
   from mlzsl_jax import evaluate, restore, train  # pylint: disable=import-outside-toplevel
   from mlzsl_jax.data import get_dataset  # pylint: disable=import-outside-toplevel
 
@@ -304,9 +304,30 @@ def test_clip_zero_shot_evaluates_without_training_and_fast0tag_trains(nus_clip,
   np.testing.assert_allclose(np.asarray(gzsl), want, rtol=1e-4, atol=1e-6)
   assert 0.0 <= result["zsl"]["map"] <= 1.0
 
-  config = fill(load_config("clip_models", "model=fast0tag,backbone=clip_vit_tiny,smoke=True"))
-  trained = train.train_and_evaluate(config, str(tmp_path / "fast0tag"))
-  assert np.isfinite(trained["gzsl"]["map"])
+  # Every other model trains on the same CLIP dataset (configs/clip_models.py), and
+  # compare_models.py's table holds them all, zero-shot CLIP included.
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+  import compare_models  # pylint: disable=import-outside-toplevel
+  workdirs = [str(tmp_path / "zero_shot")]
+  for model in ("lesa", "attention_per_label", "fast0tag", "conse", "labelem", "dem"):
+    config = fill(load_config("clip_models", f"model={model},backbone=clip_vit_tiny,smoke=True"))
+    config.unlock()
+    config.train.num_epochs = 1
+    config.train.num_steps = 2 if config.train.num_steps else 0  # LESA counts steps
+    config.data.train_split = "train"  # LESA's lesa_train keeps 5000 images for validation
+    config.eval.val_split, config.eval.val_steps = "", ()
+    config.eval.test_checkpoint = "latest"
+    if config.optimizer.schedule == "val_plateau":  # LESA's lr follows validation
+      config.optimizer.schedule = "constant"
+    config.lock()
+    trained = train.train_and_evaluate(config, str(tmp_path / model))
+    assert np.isfinite(trained["gzsl"]["map"]), model
+    workdirs.append(str(tmp_path / model))
+  table = compare_models.comparison_table(workdirs, 0)
+  for model in ("zero_shot", "lesa", "attention_per_label", "fast0tag", "conse", "labelem",
+                "dem"):
+    assert f"| {model} |" in table, table
 
 
 def test_nus_wide_extracted_errors(setup, tmp_path, monkeypatch):

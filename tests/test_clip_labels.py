@@ -1,8 +1,8 @@
 """``data.embedding=clip``: label names -> template-averaged CLIP text embeddings (against a
-per-prompt loop), stored once with the dataset and checked on reuse, and a model trained on
-them end to end (tiny random CLIP in the OpenAI layout, a synthetic BPE vocabulary)."""
+per-prompt loop), stored once with the dataset and checked on reuse (tiny random CLIP in the
+OpenAI layout, a synthetic BPE vocabulary). Models trained on them: tests/test_clip_extract.py
+(NUS-WIDE on CLIP tokens) and tests/test_multilabel_folder.py."""
 
-import importlib.util
 import types
 from pathlib import Path
 
@@ -12,13 +12,11 @@ import numpy as np
 import pytest
 
 import clip_reference as ref
-from mlzsl_jax import train
 from mlzsl_jax.backbones import clip as clip_lib
 from mlzsl_jax.backbones import clip_text, clip_tokenizer, clip_weights, safetensors_io
 from mlzsl_jax.data import clip_labels
 from mlzsl_jax.data.source import DatasetMeta
 
-ROOT = Path(__file__).resolve().parents[1]
 SPEC = clip_lib.ClipSpec(clip_lib.VisionSpec(width=64, layers=1, heads=2, patch=8,
                                              image_size=16),
                          clip_lib.TextSpec(width=64, layers=2, heads=2), embed_dim=24)
@@ -91,22 +89,3 @@ def test_stored_once_then_checked(weights, tmp_path):
   config.clip_templates = "ensembel"
   with pytest.raises(ValueError, match=r"data.clip_templates='ensembel': expected one of"):
     clip_labels.add_to_source(types.SimpleNamespace(meta=meta), config)
-
-
-def test_biam_trains_on_clip_label_embeddings(weights, tmp_path):
-  spec = importlib.util.spec_from_file_location("biam_digits", ROOT / "configs/biam_digits.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config("smoke=True,data=colours")
-  config.unlock()
-  config.data.data_dir = str(tmp_path / "tfds")
-  config.data.embedding = "clip"
-  config.data.clip_weights = str(weights)
-  config.lock()
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
-  assert (tmp_path / "tfds" / "colour_digits").exists()
-  stored = list((tmp_path / "tfds").rglob("clip_label_embeddings/ensemble.npz"))
-  assert len(stored) == 1
-  with np.load(stored[0]) as f:
-    assert f["embeddings"].shape == (60, 24)
-  assert 0.0 <= result["zsl"]["map"] <= 1.0 and np.isfinite(result["gzsl"]["map"])
