@@ -241,7 +241,10 @@ def main(argv):
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f"usage: python -m mlzsl_jax.main {{{','.join(COMMANDS)}}} "
                          "--config configs/<file>.py[:arg] --workdir DIR")
-  logging.set_verbosity(logging.WARNING)  # progress lines are printed; keep libraries quiet
+  # Progress lines are printed; libraries' absl log lines (tfds' "Using custom data
+  # configuration", ...) only with MLZSL_VERBOSE=1.
+  verbose = os.environ.get("MLZSL_VERBOSE", "") not in ("", "0")
+  logging.set_verbosity(logging.WARNING if verbose else logging.ERROR)
   training_free = (_CONFIG.value is not None and argv[1] == "predict"
                    and _CONFIG.value.model.get("name") == "clip_zero_shot")
   if _CONFIG.value is None or (argv[1] in NEEDS_WORKDIR and not _WORKDIR.value
@@ -256,11 +259,24 @@ def main(argv):
   _start_platform(_CONFIG.value.get("platform", "auto"),
                   lambda: distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
                                                  _PROCESS_ID.value, cpu_collectives=True))
-  from mlzsl_jax import errors
-  try:
+  with user_errors_in_one_line():
     COMMANDS[argv[1]](_CONFIG.value, _WORKDIR.value)
-  except errors.NonFiniteError as e:  # one line, no traceback, exit status 1
-    raise SystemExit(f"error: {e}") from None
+
+
+class user_errors_in_one_line:  # pylint: disable=invalid-name
+  """A user error (bad input file, label name, flag or config value, missing weights: see
+  ``errors.is_user_error``) ends the command with ``error: ...`` on one line and exit status
+  1; ``MLZSL_DEBUG=1`` shows its traceback. Bugs keep their traceback."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, kind, exc, tb):
+    from mlzsl_jax import errors  # pylint: disable=import-outside-toplevel
+    if exc is not None and errors.is_user_error(exc) and not errors.debug_requested():
+      print(errors.one_line(exc), file=sys.stderr, flush=True)
+      raise SystemExit(1) from None
+    return False
 
 
 def _extract_main(argv: list[str]):
@@ -270,10 +286,32 @@ def _extract_main(argv: list[str]):
   from mlzsl_jax import distributed
   from mlzsl_jax.extract import run
   _start_platform("auto", distributed.initialize)
-  run.main(argv)
+  with user_errors_in_one_line():
+    run.main(argv)
+
+
+def _import_tensorflow_quietly() -> None:
+  """TensorFlow's C++ start-up lines (oneDNN notices, absl's pre-init warning) go to file
+  descriptor 2 while it imports; they are dropped unless ``MLZSL_VERBOSE=1``. An import
+  failure still raises (TensorFlow is optional for some commands)."""
+  if os.environ.get("MLZSL_VERBOSE", "") not in ("", "0"):
+    return
+  sys.stderr.flush()
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    import tensorflow  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except ImportError:
+    pass
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
 
 
 if __name__ == "__main__":
+  if len(sys.argv) > 1 and sys.argv[1] not in ("extract", "compile"):
+    _import_tensorflow_quietly()  # before the config file (and the data modules) load it
   if len(sys.argv) > 1 and sys.argv[1] == "extract":
     _extract_main(sys.argv[2:])
   elif len(sys.argv) > 1 and sys.argv[1] == "report":
