@@ -1,6 +1,6 @@
 """Every knob with its default. Config files in ``configs/`` start from ``base_config()``.
 
-Conventions (see shared/design.md): ``get_config(arg)`` returns a fully specified, locked
+Conventions (the project's design notes, outside this repository): ``get_config(arg)`` returns a fully specified, locked
 ConfigDict, so an unknown key or a wrong type fails at start naming the key.
 """
 

@@ -1,4 +1,4 @@
-"""Command line: python -m mlzsl_jax.main {train,evaluate} --config FILE[:ARG] --workdir DIR.
+"""Command line: python -m mlzsl_jax.main COMMAND --config FILE[:ARG] [--workdir DIR] [...].
 
 Commands: train, evaluate [--checkpoint=latest|best|STEP] [--init_from=OFFICIAL_WEIGHTS],
 reproduce (the config file's get_phases() in order, e.g. select on val20 then fine-tune, and
@@ -8,7 +8,8 @@ convert --init_from=OFFICIAL_WEIGHTS (into the workdir's checkpoint of step 0),
 sweep (every point of the config file's get_sweep(), or --launcher=local|slurm|tpu_pod to
 print one launch command per point), plots (PNG figures of a trained workdir),
 report DIR... [--csv F] [--markdown F] (one table from results.json files),
-extract --image_dir D --out_dir O --weights VGG19.pth (features of a folder of images), and
+extract --image_dir D --out_dir O --weights FILE [--backbone vgg19|resnet101|clip_vit_*]
+(features of a folder of images), and
 compile --topology v5e:16x16|h100:8 [--num_slices N] [--top_bytes N] [--max_batch] (the
 config's programs compiled for a TPU slice or GPUs on this CPU machine: per-chip memory,
 FLOP, bytes, collectives, a roofline estimate; exit 1 when a program does not fit; needs

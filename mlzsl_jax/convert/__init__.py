@@ -153,8 +153,8 @@ def init_state_from(path: str | os.PathLike, trainer):
 
 
 def _trainer(config):
-  """(Trainer, dataset source) as ``evaluate.evaluate`` builds them."""
-  from mlzsl_jax import distributed  # noqa: PLC0415  (avoid import cycles)
+  """(Trainer, dataset source) as ``restore.restore`` builds them (before a checkpoint)."""
+  from mlzsl_jax import distributed  # noqa: PLC0415  (loaded with the command, not the package)
   from mlzsl_jax import sharding as shd  # noqa: PLC0415
   from mlzsl_jax import train  # noqa: PLC0415
   from mlzsl_jax.data.source import get_dataset  # noqa: PLC0415

@@ -384,11 +384,7 @@ class ColourDigitsSource:
 
 def params_from_config(data_config) -> SceneParams:
   d = SceneParams()
-  def get_int(name, default):
-    value = data_config.get(name, default)
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-      raise ValueError(f"config field data.{name}: expected an int, got {value!r}")
-    return int(value)
+  get_int = lambda name, default: tfds_common.int_field(data_config, name, default)  # noqa: E731
   return SceneParams(
       seed=get_int("seed", d.seed), num_train=get_int("num_train", d.num_train),
       num_test=get_int("num_test", d.num_test), patch=get_int("patch", d.patch),

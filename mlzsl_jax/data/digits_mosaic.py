@@ -380,13 +380,6 @@ class DigitsMosaic(tfds_common.LocalBuilder):
       }
 
 
-def _int_field(data_config, name: str, default: int) -> int:
-  value = data_config.get(name, default)
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-    raise ValueError(f"config field data.{name}: expected an int, got {value!r}")
-  return int(value)
-
-
 def params_from_config(data_config) -> MosaicParams:
   """``MosaicParams`` from a ConfigDict (fields seed, num_train, num_test, cells, patch,
   min_digits, max_digits; missing ones take the defaults). With
@@ -398,13 +391,13 @@ def params_from_config(data_config) -> MosaicParams:
   if len(cells) != 2 or not all(isinstance(c, (int, np.integer)) for c in cells):
     raise ValueError(f"config field data.cells: expected an int or two ints, got {cells!r}")
   return MosaicParams(
-      seed=_int_field(data_config, "seed", d.seed),
-      num_train=_int_field(data_config, "num_train", d.num_train),
-      num_test=_int_field(data_config, "num_test", d.num_test),
+      seed=tfds_common.int_field(data_config, "seed", d.seed),
+      num_train=tfds_common.int_field(data_config, "num_train", d.num_train),
+      num_test=tfds_common.int_field(data_config, "num_test", d.num_test),
       cells=(int(cells[0]), int(cells[1])),
-      patch=_int_field(data_config, "patch", d.patch),
-      min_digits=_int_field(data_config, "min_digits", d.min_digits),
-      max_digits=_int_field(data_config, "max_digits", d.max_digits),
+      patch=tfds_common.int_field(data_config, "patch", d.patch),
+      min_digits=tfds_common.int_field(data_config, "min_digits", d.min_digits),
+      max_digits=tfds_common.int_field(data_config, "max_digits", d.max_digits),
       train_classes=_train_classes(data_config),
   ).validate()
 

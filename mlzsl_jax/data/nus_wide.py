@@ -68,7 +68,6 @@ files: a prepared dataset is checked against the files whenever they are given a
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import warnings
 from typing import Any, Iterator, Sequence
@@ -489,21 +488,9 @@ def iter_examples(index: NusWideIndex, split: str,
 
 # ------------------------------------------------------------------ metadata
 
-def file_fingerprint(path: str, hash_contents: bool = True) -> dict[str, Any]:
-  """{"bytes": size} plus {"sha256": hex digest} (streamed) when ``hash_contents``."""
-  out: dict[str, Any] = {"bytes": os.path.getsize(path)}
-  if hash_contents:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-      for block in iter(lambda: f.read(1 << 22), b""):
-        digest.update(block)
-    out["sha256"] = digest.hexdigest()
-  return out
-
-
 def source_fingerprints(source_dir: str) -> dict[str, dict[str, Any]]:
   """Fingerprints of the official files (the two h5 files: size only, they are ~50 GB)."""
-  return {name: file_fingerprint(os.path.join(source_dir, name), name not in H5_FILES)
+  return {name: tfds_common.file_fingerprint(os.path.join(source_dir, name), name not in H5_FILES)
           for name in SOURCE_FILES}
 
 
@@ -735,7 +722,7 @@ def _check_fingerprint(builder: NusWide, source_dir: str) -> None:
       continue
     path = os.path.join(source_dir, name)
     if (os.path.getsize(path) != want["bytes"]
-        or file_fingerprint(path, "sha256" in want) != want):
+        or tfds_common.file_fingerprint(path, "sha256" in want) != want):
       raise ValueError(
           f"{path}: differs from the file the prepared dataset at {builder.data_dir} was "
           f"built from ({want}); delete that folder to rebuild, or set another data.data_dir")

@@ -98,7 +98,6 @@ import argparse
 import contextlib
 import dataclasses
 import glob as globlib
-import hashlib
 import io
 import json
 import os
@@ -636,15 +635,6 @@ def _beam():
 
 # ------------------------------------------------------------------ metadata
 
-def file_fingerprint(path: str) -> dict[str, Any]:
-  """{"bytes": size, "sha256": hex digest} of a (small) file, streamed."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
-
-
 def _file_size(path: str) -> int:
   return int(tf.io.gfile.stat(path).length) if _is_remote(path) else os.path.getsize(path)
 
@@ -664,7 +654,7 @@ def metadata(labels: LabelInfo, splits: dict[str, SplitFiles], manual_dir: str,
       "num_examples": {k: v.total for k, v in splits.items()},
       "embeddings": {EMBEDDING_SOURCE: labels.embeddings},
       "source_files": {
-          **{name: file_fingerprint(path) for name, path in labels.files.items()},
+          **{name: tfds_common.file_fingerprint(path) for name, path in labels.files.items()},
           **{split: [{"file": os.path.relpath(p, manual_dir) if not _is_remote(p) else p,
                       "bytes": _file_size(p), "images": c}
                      for p, c in zip(v.paths, v.counts)] for split, v in splits.items()},
@@ -887,7 +877,7 @@ def _check_sources(builder: OpenImages, manual_dir: str) -> None:
     path = os.path.join(labels_dir, name)
     if want is None or not os.path.isfile(path):
       continue
-    if os.path.getsize(path) != want["bytes"] or file_fingerprint(path) != want:
+    if os.path.getsize(path) != want["bytes"] or tfds_common.file_fingerprint(path) != want:
       raise ValueError(
           f"{path}: differs from the file the prepared dataset at {builder.data_dir} was "
           f"built from (size/SHA-256 {want}); delete that folder to rebuild, or set another "

@@ -24,6 +24,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.attributes import l2_normalise_rows
 from mlzsl_jax.data.source import DatasetMeta, register_dataset
 
@@ -160,13 +161,6 @@ def generate_split(params: SyntheticParams, split: str) -> dict[str, np.ndarray]
   return {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
 
 
-def _int_field(data_config, name: str, default: int) -> int:
-  value = data_config.get(name, default)
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-    raise ValueError(f"config field data.{name}: expected an int, got {value!r}")
-  return int(value)
-
-
 def params_from_config(data_config) -> SyntheticParams:
   """``SyntheticParams`` from a ConfigDict; missing fields take the defaults."""
   d = SyntheticParams()
@@ -176,7 +170,7 @@ def params_from_config(data_config) -> SyntheticParams:
   noise = data_config.get("noise", d.noise)
   if not isinstance(noise, (int, float)) or isinstance(noise, bool):
     raise ValueError(f"config field data.noise: expected a float, got {noise!r}")
-  ints = {name: _int_field(data_config, name, getattr(d, name))
+  ints = {name: tfds_common.int_field(data_config, name, getattr(d, name))
           for name in ("seed", "num_seen", "num_unseen", "feature_dim", "emb_dim", "num_train",
                        "num_test", "labels_per_image", "regions_per_label")}
   return SyntheticParams(grid=(int(grid[0]), int(grid[1])), noise=float(noise),

@@ -214,11 +214,29 @@ def missing_scene_error(dataset: str, data_dir: str, config_file: str) -> ValueE
 
 
 def sha256_file(path: str) -> str:
+  """Hex SHA-256 of a file, streamed 4 MB at a time."""
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for block in iter(lambda: f.read(1 << 22), b""):
       digest.update(block)
   return digest.hexdigest()
+
+
+def file_fingerprint(path: str, hash_contents: bool = True) -> dict[str, Any]:
+  """{"bytes": size} plus {"sha256": hex digest} when ``hash_contents`` (every builder's
+  record of the files it was built from)."""
+  out: dict[str, Any] = {"bytes": os.path.getsize(path)}
+  if hash_contents:
+    out["sha256"] = sha256_file(path)
+  return out
+
+
+def int_field(data_config, name: str, default: int) -> int:
+  """``data.<name>`` as an int (numpy ints too, bools not); ValueError naming the field."""
+  value = data_config.get(name, default)
+  if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+    raise ValueError(f"config field data.{name}: expected an int, got {value!r}")
+  return int(value)
 
 
 def weights_fingerprint(path: str) -> dict[str, Any]:

@@ -46,7 +46,6 @@ against the files whenever they are given again).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import warnings
 from typing import Any, Iterator
@@ -393,15 +392,6 @@ def load_xlsa17(source_dir: str) -> Xlsa17Data:
   )
 
 
-def file_fingerprint(path: str) -> dict[str, Any]:
-  """{"bytes": size, "sha256": hex digest} of a file (streamed)."""
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 22), b""):
-      digest.update(block)
-  return {"bytes": os.path.getsize(path), "sha256": digest.hexdigest()}
-
-
 def metadata(data: Xlsa17Data, subset: str, source_dir: str) -> dict[str, Any]:
   """JSON-able dataset metadata (see the module docstring)."""
   c, s = data.num_labels, data.num_seen
@@ -416,7 +406,7 @@ def metadata(data: Xlsa17Data, subset: str, source_dir: str) -> dict[str, Any]:
       "num_examples": {k: int(v.size) for k, v in data.locations.items()},
       "image_id_source": data.image_id_source,
       "embeddings": {"att": data.att.tolist(), "original_att": data.original_att.tolist()},
-      "source_files": {f: file_fingerprint(os.path.join(source_dir, f))
+      "source_files": {f: tfds_common.file_fingerprint(os.path.join(source_dir, f))
                        for f in (FEATURE_FILE, SPLITS_FILE)},
       "provenance": (
           f"xlsa17 {subset} (Xian et al., GBU proposed splits): features = {FEATURE_FILE} "
@@ -532,7 +522,7 @@ def _check_fingerprint(builder: Xlsa17, source_dir: str) -> None:
     want = stored.get(name)
     if want is None:
       continue
-    if os.path.getsize(path) != want["bytes"] or file_fingerprint(path) != want:
+    if os.path.getsize(path) != want["bytes"] or tfds_common.file_fingerprint(path) != want:
       raise ValueError(
           f"{path}: differs from the file the prepared dataset at {builder.data_dir} was "
           f"built from (size/SHA-256 {want}); delete that folder to rebuild, or set another "
