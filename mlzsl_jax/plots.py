@@ -27,43 +27,8 @@ import numpy as np
 import tensorflow as tf
 from flax import nnx
 
+from mlzsl_jax import hooks
 from mlzsl_jax import metrics
-from mlzsl_jax.registry import Registry
-
-# A region map: (model, feats [B, R, C], label_emb [L, E], scene [B, S] | None)
-#   -> [B, R, L], larger = the region speaks more for the label.
-REGION_MAPS: Registry[Callable[..., jax.Array]] = Registry("region map", "model.name")
-
-
-@REGION_MAPS.register("biam")
-def _biam_map(model, feats, label_emb, scene):
-  """BiAM: the region scores whose top-k mean is the image score."""
-  return model.region_scores(feats, label_emb, scene, train=False)
-
-
-@REGION_MAPS.register("attention_per_label")
-def _attention_per_label_map(model, feats, label_emb, scene):
-  """One attention per label: that label's attention weights over the regions."""
-  return jnp.swapaxes(model(feats, label_emb, scene, train=False)["attention"], 1, 2)
-
-
-@REGION_MAPS.register("clip_zero_shot")
-def _clip_zero_shot_map(model, feats, label_emb, scene):
-  """Zero-shot CLIP: each patch token's cosine with the label's text embedding."""
-  del scene
-  unit = lambda x: x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)  # noqa: E731
-  return jnp.einsum("brd,ld->brl", unit(feats.astype(jnp.float32)),
-                    unit(label_emb.astype(jnp.float32)))
-
-
-@REGION_MAPS.register("lesa")
-def _lesa_map(model, feats, label_emb, scene):
-  """LESA: the attention of the shared module that gives the label its (max) score."""
-  out = model(feats, label_emb, scene, train=False)
-  best = jnp.argmax(out["module_scores"], axis=1)  # [B, L]
-  maps = jnp.take_along_axis(out["attention"], best[..., None], axis=1)  # [B, L, R]
-  return jnp.swapaxes(maps, 1, 2)
-
 
 def _pyplot():
   try:
@@ -265,7 +230,7 @@ def example_region_maps(trainer, meta, state, examples: Sequence[dict],
                         label_ids: Sequence[int]) -> np.ndarray:
   """Region maps [examples, regions, len(label_ids)] of the trained model (eval mode)."""
   from mlzsl_jax import train
-  make_map = REGION_MAPS.get(trainer.config.model.name)
+  make_map = hooks.REGION_MAPS.get(trainer.config.model.name)
   model = nnx.merge(trainer.graphdef, state.params, state.model_state)
   emb = jax.tree.map(lambda a: jnp.asarray(a[np.asarray(label_ids)]),
                      train.label_inputs(trainer.config, meta))
@@ -309,7 +274,7 @@ def plot_workdir(config, workdir: str, examples: Sequence[int] = (0,),
       metrics.average_precision_per_label(gzsl, labels),
       metrics.average_precision_per_label(zsl, labels[:, num_seen:]), names, num_seen,
       os.path.join(out_dir, "per_label_ap.png"))
-  if config.model.name in REGION_MAPS.names():
+  if config.model.name in hooks.REGION_MAPS.names():
     exs = test_examples(source, config.data.test_split, examples)
     maps = example_region_maps(trainer, meta, state, exs, ids)  # [E, R, L], seen then unseen
     for i, ex, m in zip(examples, exs, maps):

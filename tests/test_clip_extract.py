@@ -230,9 +230,10 @@ def test_predict_with_clip_zero_shot_needs_no_workdir(setup, tmp_path):
     np.testing.assert_allclose([result["scores"][n] for n in names], want, rtol=1e-4,
                                atol=1e-6)
     assert os.path.exists(result["figure"])
+  from mlzsl_jax.models import fast0tag  # pylint: disable=import-outside-toplevel
   config.unlock()
-  config.model.name = "biam"
-  with pytest.raises(ValueError, match="only the training-free clip_zero_shot"):
+  config.model = fast0tag.model_config()  # a model with parameters needs its workdir
+  with pytest.raises(ValueError, match="has trained parameters; give its --workdir"):
     predict.predict(config, None, photos, names)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mlzsl_jax import evaluate, plots, restore, train
+from mlzsl_jax import evaluate, hooks, plots, restore, train
 from mlzsl_jax.sweep import apply_overrides, load_config_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,7 +146,7 @@ def test_region_maps_of_each_region_model_match_its_outputs(name):
   rng = np.random.default_rng(0)
   feats = jnp.asarray(rng.normal(size=(2, 12, 6)).astype(np.float32))
   emb = jnp.asarray(rng.normal(size=(4, 5)).astype(np.float32))
-  maps = np.asarray(plots.REGION_MAPS.get(name)(model, feats, emb, None))
+  maps = np.asarray(hooks.REGION_MAPS.get(name)(model, feats, emb, None))
   out = {k: np.asarray(v) for k, v in model(feats, emb, None, train=False).items()}
   assert maps.shape == (2, 12, 4)
   for b in range(2):

@@ -102,3 +102,35 @@ def _register() -> None:
 
 
 _register()
+
+
+# ------------------------------------------------------------------ predict's photo reader
+
+def clip_image_features(path: str, weights: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(patch tokens float32 [N, D], the centre crop uint8 [S, S, 3] as the image tower saw it,
+  class embedding float32 [D]) of a photo of any size (CLIP's preprocessing)."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.backbones import clip_weights  # pylint: disable=import-outside-toplevel
+  model = clip_weights.cached_clip(weights)
+  try:
+    x = clip_preprocess.load_image(path, model.image_size)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"{path}: cannot read as an image (PNG / JPEG): {e}") from e
+  out = model.encode_image(jnp.asarray(x[None]))
+  crop = np.clip(np.round((x * clip_preprocess.CLIP_STD + clip_preprocess.CLIP_MEAN) * 255),
+                 0, 255).astype(np.uint8)
+  return (np.asarray(out["tokens"][0], np.float32), crop,
+          np.asarray(out["class"][0], np.float32))
+
+
+def _register_photo_reader() -> None:
+  from mlzsl_jax import hooks  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.data import clip_labels  # pylint: disable=import-outside-toplevel
+
+  @hooks.IMAGE_READERS.register("backbone:clip")
+  def read_clip_photo(path: str, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A photo through the CLIP image tower of data.clip_weights."""
+    return clip_image_features(path, clip_labels.clip_weights_of(config))
+
+
+_register_photo_reader()

@@ -24,6 +24,7 @@ Missing, unexpected and mis-shaped keys are errors naming the key and both shape
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import pickle
@@ -421,3 +422,9 @@ def load_clip(weights: str | os.PathLike | WeightFile, *, image_size: int | None
   graphdef, state = nnx.split(model)
   nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
   return nnx.merge(graphdef, state)
+
+
+@functools.lru_cache(maxsize=2)
+def cached_clip(path: str) -> clip_lib.Clip:
+  """``load_clip(path)``, loaded once per process (predict reads photos and names with it)."""
+  return load_clip(path)

@@ -115,3 +115,29 @@ def add_to_source(source: Any, data_config) -> Any:
   source.meta = dataclasses.replace(source.meta,
                                     embeddings={**source.meta.embeddings, SOURCE: embeddings})
   return source
+
+
+def clip_weights_of(config) -> str:
+  """``data.clip_weights`` of a run config; ValueError saying what is missing."""
+  weights = config.data.get("clip_weights", "") or ""
+  if not weights:
+    raise ValueError("CLIP features / label names need the CLIP weights: "
+                     "--config.data.clip_weights=FILE (the file the workdir's data used)")
+  return weights
+
+
+def _register_name_embedder() -> None:
+  from mlzsl_jax import hooks  # pylint: disable=import-outside-toplevel
+
+  @hooks.NAME_EMBEDDERS.register("*:clip")
+  def embed_clip_names(names, config) -> np.ndarray:
+    """Any text: the CLIP text tower of data.clip_weights under data.clip_templates, as the
+    dataset's label names were embedded."""
+    from mlzsl_jax.backbones import clip_text, clip_tokenizer, clip_weights  # pylint: disable=import-outside-toplevel
+    weights = clip_weights_of(config)
+    tokenizer = clip_tokenizer.load_tokenizer(weights, config.data.get("clip_vocab", "") or None)
+    return clip_text.label_embeddings(list(names), clip_weights.cached_clip(weights), tokenizer,
+                                      config.data.get("clip_templates", "ensemble"))
+
+
+_register_name_embedder()

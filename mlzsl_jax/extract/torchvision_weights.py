@@ -23,6 +23,7 @@ Entry points:
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from typing import Any, Mapping
@@ -371,3 +372,37 @@ def _register_extract_backbones() -> None:
 
 
 _register_extract_backbones()
+
+
+# ------------------------------------------------------------------ predict's photo reader
+
+@functools.lru_cache(maxsize=1)
+def _cached_vgg19(weights: str) -> VGG19:
+  return load_vgg19(weights)
+
+
+def _register_photo_reader() -> None:
+  from mlzsl_jax import hooks  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.extract import images  # pylint: disable=import-outside-toplevel
+
+  @hooks.IMAGE_READERS.register("backbone:vgg19")
+  def read_vgg19_photo(path: str, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The official BiAM features of a photo: 224x224 bilinear, conv5_4 regions, fc7 scene,
+    with the torchvision VGG19 file of data.scene_weights."""
+    weights = config.data.get("scene_weights", "") or ""
+    if not weights:
+      raise ValueError(f"{path}: predict on photos with VGG19 features needs the "
+                       "torchvision VGG19 file: --config.data.scene_weights=/path/"
+                       "vgg19-dcbb9e9d.pth")
+    try:
+      x = images.load_image(path, images.IMAGE_SIZE)
+    except (OSError, ValueError) as e:
+      raise ValueError(f"{path}: cannot read as an image (PNG / JPEG): {e}") from e
+    out = _cached_vgg19(weights)(jnp.asarray(x[None]))
+    picture = np.clip(np.round((x * images.IMAGENET_STD + images.IMAGENET_MEAN) * 255), 0,
+                      255).astype(np.uint8)
+    return (np.asarray(out["regions"][0], np.float32), picture,
+            np.asarray(out["scene"][0], np.float32))
+
+
+_register_photo_reader()

@@ -18,6 +18,7 @@ import ml_collections
 from flax import nnx
 
 from mlzsl_jax.models import layers, lesa
+from mlzsl_jax import hooks
 from mlzsl_jax.models.registry import register_model
 
 
@@ -122,3 +123,9 @@ def build_attention_per_label(cfg, *, feature_dim: int, emb_dim: int | dict,
       normalize_embeddings=cfg.normalize_embeddings,
       trainable_embeddings=cfg.trainable_embeddings,
       label_chunk=cfg.get("label_chunk", 0), dtype=dtype, rngs=rngs)
+
+
+@hooks.REGION_MAPS.register("attention_per_label")
+def region_map(model, feats, label_emb, scene):
+  """Each label's attention weights over the regions: [B, R, L]."""
+  return jnp.swapaxes(model(feats, label_emb, scene, train=False)["attention"], 1, 2)

@@ -14,6 +14,7 @@ import ml_collections
 from flax import nnx
 
 from mlzsl_jax.models import layers
+from mlzsl_jax import hooks
 from mlzsl_jax.models.registry import register_model
 
 # PyTorch BatchNorm2d(momentum=0.99) moves the running stats 99% toward each batch:
@@ -261,3 +262,9 @@ def build_biam(cfg, *, feature_dim: int, emb_dim: int, grid_shape: tuple[int, in
               bn_momentum=cfg.bn_momentum, scene_source=cfg.scene_source,
               label_chunk=cfg.get("label_chunk", 0), context=cfg.get("context", "both"),
               dtype=dtype, rngs=rngs)
+
+
+@hooks.REGION_MAPS.register("biam")
+def region_map(model, feats, label_emb, scene):
+  """The region scores whose top-k mean is the image score: [B, R, L]."""
+  return model.region_scores(feats, label_emb, scene, train=False)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from mlzsl_jax import hooks
 from mlzsl_jax.models.registry import register_model
 
 MODES = ("global", "local", "mkt")
@@ -104,3 +105,10 @@ def build(config: ml_collections.ConfigDict, *, feature_dim: int, emb_dim: Any,
   return ClipZeroShot(emb_dim=emb_dim, feature_dim=feature_dim, scene_dim=scene_dim,
                       mode=config.mode, top_k=config.top_k, temperature=config.temperature,
                       global_weight=config.global_weight, local_weight=config.local_weight)
+
+
+@hooks.REGION_MAPS.register("clip_zero_shot")
+def region_map(model, feats, label_emb, scene):
+  """Each patch token's cosine with the label's text embedding: [B, R, L]."""
+  del model, scene
+  return jnp.einsum("brd,ld->brl", _unit(feats), _unit(label_emb))

@@ -30,6 +30,7 @@ from flax import nnx
 
 from mlzsl_jax import losses
 from mlzsl_jax.models import layers
+from mlzsl_jax import hooks
 from mlzsl_jax.models.registry import register_model
 
 # tf.layers.batch_normalization defaults (TF convention = flax convention for momentum).
@@ -326,3 +327,12 @@ def build_lesa(cfg, *, feature_dim: int, emb_dim: int | dict, grid_shape: tuple[
               normalize_embeddings=cfg.normalize_embeddings,
               trainable_embeddings=cfg.trainable_embeddings, global_pool=cfg.global_pool,
               dtype=dtype, rngs=rngs)
+
+
+@hooks.REGION_MAPS.register("lesa")
+def region_map(model, feats, label_emb, scene):
+  """The attention of the shared module that gives the label its (max) score: [B, R, L]."""
+  out = model(feats, label_emb, scene, train=False)
+  best = jnp.argmax(out["module_scores"], axis=1)  # [B, L]
+  maps = jnp.take_along_axis(out["attention"], best[..., None], axis=1)  # [B, L, R]
+  return jnp.swapaxes(maps, 1, 2)
