@@ -5,7 +5,7 @@ scene, channels 256, heads 8), both frameworks on the same cores and thread coun
   1. equality on shared random weights (ours copied into ``torch_biam.TorchBiAM``): eval-mode
      scores, and, dropout off, one train-mode loss and the gradients of a few tensors;
   2. ``--steps`` timed steps of each, interleaved (after ``--warmup``): ours is
-     ``mlzsl_jax.train.Trainer``'s jitted train step, config, data shapes and random batches as
+     ``mlzsl_jax.step_lib.Trainer``'s jitted train step, config, data shapes and random batches as
      benchmarks/train_throughput.py (``bench_config``, ``SHAPES['nus_wide']``);
      torch's is forward, ranking loss, backward, ``torch.optim.Adam(weight_decay=5e-4)``;
   3. FLOPs per image from XLA's cost analysis of our step, and the CPU's float32 matmul
@@ -34,6 +34,7 @@ from flax import nnx
 
 import torch_biam
 from threads import pin_threads
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
 from mlzsl_jax.data.source import DatasetMeta
@@ -91,7 +92,7 @@ def top_k_indices(region: np.ndarray, k: int) -> np.ndarray:
   return np.argsort(-region, axis=1, kind="stable")[:, :k, :]
 
 
-def check_equal(trainer: train.Trainer, params, model_state, batch: dict[str, np.ndarray],
+def check_equal(trainer: step_lib.Trainer, params, model_state, batch: dict[str, np.ndarray],
                 emb: np.ndarray) -> tuple[list[tuple[str, float, float, float, bool]], int]:
   """Ours vs torch on the same weights and batch: ([row], flips) with rows
   (what, error ours vs torch float32, ours vs torch float64, torch float32 vs float64, ok)
@@ -110,7 +111,7 @@ def check_equal(trainer: train.Trainer, params, model_state, batch: dict[str, np
 
   no_dropout = config.copy_and_resolve_references()
   no_dropout.model.attn_dropout = no_dropout.model.scene_dropout = 0.0
-  graphdef = train.build_model(no_dropout, meta, no_dropout.seed)[0]
+  graphdef = step_lib.build_model(no_dropout, meta, no_dropout.seed)[0]
 
   def loss_of(p, s):  # the loss of Trainer._train_step, dropout off
     model = nnx.merge(graphdef, p, s)
@@ -189,7 +190,7 @@ def main():
   config = bench_config("biam", NUS_WIDE, args.batch, "float32")
   meta = bench_meta(NUS_WIDE)
   mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
-  trainer = train.Trainer(config, meta, mesh, steps_per_epoch=1000)
+  trainer = step_lib.Trainer(config, meta, mesh, steps_per_epoch=1000)
   state = trainer.init_state()
   params, model_state = jax.device_get((state.params, state.model_state))
   emb = np.asarray(trainer.emb_seen)

@@ -66,7 +66,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.shuffle_buffer = 16384
   c.train.drop_images_without_positive = True
   c.train.log_every_steps = 50
-  c.train.eval_every_steps = 0  # 0: evaluate only at the end
   c.train.checkpoint_every_steps = 500
   c.train.keep_checkpoints = 3
   c.train.prefetch = 2

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from mlzsl_jax import workdir as wd
 from mlzsl_jax import errors
 from mlzsl_jax import metrics
 from mlzsl_jax import metrics_device
@@ -226,7 +227,7 @@ def report(result: dict, config, workdir: str, step: int, *, trained_to_end: boo
     for name, extra in splits.items():
       print(f"the same on split {name!r} ({extra['num_images']} images):\n{extra['table']}\n",
             flush=True)
-    path = os.path.join(workdir, "results.json")
+    path = os.path.join(workdir, wd.RESULTS_FILE)
     with open(path + ".tmp", "w") as f:
       json.dump({"step": step, "trained_to_end": trained_to_end,
                  "config": json.loads(config.to_json_best_effort()),

@@ -30,9 +30,9 @@ from typing import Any, Callable
 import ml_collections
 
 from mlzsl_jax import selection
+from mlzsl_jax import workdir as wd
 from mlzsl_jax import sweep
 
-FINAL_TABLE = "final_table.md"
 PHASES_FILE = "phases.json"
 
 
@@ -141,25 +141,18 @@ def run_phases(config_spec: str, base: ml_collections.ConfigDict, root: str, *,
                log: Callable[[str], None] = print) -> str | None:
   """Runs the unfinished phases in order; returns the final table (None if a phase was
   preempted: re-run the same command to go on)."""
-  if train_fn is None:
-    from mlzsl_jax import train  # noqa: PLC0415  (keeps this module light to import)
-    train_fn = train.train_and_evaluate
   phases = plan(config_spec, base, root)
   os.makedirs(root, exist_ok=True)
   _write(os.path.join(root, PHASES_FILE), json.dumps(
       {"config": config_spec, "phases": [n for n, _, _ in phases]}, indent=2))
-  for i, (name, config, workdir) in enumerate(phases, 1):
-    if sweep.is_finished(workdir, config):
-      log(f"[phase {i}/{len(phases)}] {name}: finished earlier, skipped")
-      continue
-    log(f"[phase {i}/{len(phases)}] {name} -> {workdir}")
-    result = train_fn(config, workdir)
-    if isinstance(result, dict) and "preempted_at" in result:
-      log(f"[phase {i}/{len(phases)}] {name}: preempted; run the same command to resume")
-      return None
+  status = sweep.run_in_order([(name, config, workdir, "phase") for name, config, workdir
+                               in phases], train_fn, log, keep_going=False, set_aside=False,
+                              prefix="phase ")
+  if "preempted" in status.values():
+    return None
   table = final_table(phases)
-  _write(os.path.join(root, FINAL_TABLE), table + "\n")
-  log(f"\nFinal table ({root}/{FINAL_TABLE}):\n{table}")
+  _write(os.path.join(root, wd.FINAL_TABLE), table + "\n")
+  log(f"\nFinal table ({root}/{wd.FINAL_TABLE}):\n{table}")
   return table
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import tensorflow as tf
 from flax import nnx
 
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import hooks
 from mlzsl_jax import metrics
 
@@ -229,11 +230,10 @@ def test_examples(source, split: str, indices: Sequence[int]) -> list[dict[str, 
 def example_region_maps(trainer, meta, state, examples: Sequence[dict],
                         label_ids: Sequence[int]) -> np.ndarray:
   """Region maps [examples, regions, len(label_ids)] of the trained model (eval mode)."""
-  from mlzsl_jax import train
   make_map = hooks.REGION_MAPS.get(trainer.config.model.name)
   model = nnx.merge(trainer.graphdef, state.params, state.model_state)
   emb = jax.tree.map(lambda a: jnp.asarray(a[np.asarray(label_ids)]),
-                     train.label_inputs(trainer.config, meta))
+                     step_lib.label_inputs(trainer.config, meta))
   feats = jnp.asarray(np.stack([ex["features"] for ex in examples]))
   scene = (jnp.asarray(np.stack([ex["scene"] for ex in examples]))
            if all("scene" in ex for ex in examples) else None)
@@ -254,7 +254,7 @@ def plot_workdir(config, workdir: str, examples: Sequence[int] = (0,),
 
   from mlzsl_jax import evaluate, restore
 
-  source, trainer, state, step = restore.restore_latest(config, workdir)
+  source, trainer, state, step = restore.restore(config, workdir, "latest")
   meta = source.meta
   out_dir = os.path.join(workdir, "plots")
   os.makedirs(out_dir, exist_ok=True)

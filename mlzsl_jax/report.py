@@ -22,7 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mlzsl_jax.sweep import RESULTS_FILE, SWEEP_FILE
+from mlzsl_jax.sweep import SWEEP_FILE
+from mlzsl_jax.workdir import RESULTS_FILE
 
 VIEWS = ("zsl", "gzsl")
 _AT_K = re.compile(r"^(p|r|f1)@(\d+)$")

@@ -13,10 +13,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from mlzsl_jax import workdir as wd
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import distributed
 from mlzsl_jax import evaluate as evaluate_lib
 from mlzsl_jax import sharding as shd
-from mlzsl_jax import train
 from mlzsl_jax.data.source import get_dataset
 
 
@@ -26,20 +27,20 @@ def checkpoint_step(workdir: str, config, checkpoint: str | int = "latest"
   (``best/``, kept by validation-based selection) or a step number of ``checkpoints/``."""
   choice = str(checkpoint)
   if choice == "best":
-    mngr = train.best_checkpoint_manager(workdir)
+    mngr = wd.best_checkpoint_manager(workdir)
     step = mngr.latest_step()
     if step is None:
       raise FileNotFoundError(f"--workdir {workdir!r}: no best checkpoint under "
-                              f"{os.path.join(workdir, train.BEST_DIR)} (the run has no "
+                              f"{os.path.join(workdir, wd.BEST_DIR)} (the run has no "
                               "validation-based selection: eval.val_split, or it has not "
                               "validated yet); use --checkpoint=latest")
     return mngr, step
-  mngr = train.checkpoint_manager(workdir, config)
+  mngr = wd.checkpoint_manager(workdir, config)
   if choice == "latest":
     step = mngr.latest_step()
     if step is None:
       raise FileNotFoundError(f"--workdir {workdir!r}: no checkpoint under "
-                              f"{os.path.join(workdir, 'checkpoints')}; train first")
+                              f"{os.path.join(workdir, wd.CHECKPOINTS_DIR)}; train first")
     return mngr, step
   if not choice.isdigit():
     raise ValueError(f"--checkpoint={choice!r}: expected 'latest', 'best' or a step number")
@@ -49,30 +50,31 @@ def checkpoint_step(workdir: str, config, checkpoint: str | int = "latest"
   return mngr, int(choice)
 
 
+def build(config: ml_collections.ConfigDict):
+  """(dataset source, Trainer) of ``config`` for evaluation: the dataset (prepared by
+  process 0 first), the mesh and the compiled functions, before any checkpoint."""
+  source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
+  mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
+  return source, step_lib.Trainer(config, source.meta, mesh, steps_per_epoch=1)
+
+
 def restore(config: ml_collections.ConfigDict, workdir: str, checkpoint: str | int = "latest"):
   """(source, trainer, state, step) of ``checkpoint`` in ``workdir`` (see checkpoint_step).
 
   Warns (process 0) where the workdir was trained with other model / data fields (e.g. another
   seen / unseen split): the scores would then be those of a different experiment.
   """
-  workdir = train.ensure_workdir(workdir)
-  source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
-  trainer = train.Trainer(config, source.meta, mesh, steps_per_epoch=1)
+  workdir = wd.ensure_workdir(workdir)
+  source, trainer = build(config)
   if not trainer.has_parameters:  # a training-free model (clip_zero_shot): step 0, as built
     return source, trainer, trainer.init_state(), 0
   mngr, step = checkpoint_step(workdir, config, checkpoint)
-  differences = train.config_differences(config, workdir)
+  differences = wd.config_differences(config, workdir)
   if differences and jax.process_index() == 0:
-    print(f"WARNING: {workdir}/config.json differs from this config in: "
+    print(f"WARNING: {workdir}/{wd.CONFIG_FILE} differs from this config in: "
           + "; ".join(differences), flush=True)
   state = mngr.restore(step, args=ocp.args.StandardRestore(trainer.abstract_state()))
   return source, trainer, state, step
-
-
-def restore_latest(config: ml_collections.ConfigDict, workdir: str):
-  """``restore(config, workdir, 'latest')``."""
-  return restore(config, workdir, "latest")
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str,

@@ -27,7 +27,8 @@ from typing import Any, Iterable, Sequence
 
 import jax
 
-HISTORY_FILE = "evals.json"
+from mlzsl_jax import workdir as wd
+
 KINDS = ("val", "test")
 VIEWS = ("seen", "zsl", "gzsl")
 CHECKPOINT_CHOICES = ("latest", "best")
@@ -111,7 +112,7 @@ class EvalHistory:
   """The records of ``workdir/evals.json``, in the order they were made."""
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, HISTORY_FILE)
+    self.path = os.path.join(workdir, wd.HISTORY_FILE)
     self.records: list[dict] = []
     if os.path.exists(self.path):
       try:

@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 import ml_collections
 
+from mlzsl_jax import workdir as wd
 from mlzsl_jax.registry import Registry
 
 SWEEP_FILE = "sweep.json"
-RESULTS_FILE = "results.json"
 _POINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")
 
 
@@ -117,7 +117,7 @@ def config_json(config: ml_collections.ConfigDict) -> Any:
 
 def read_results(workdir: str) -> dict | None:
   """``workdir/results.json`` or None if absent; ValueError names a corrupt file."""
-  path = os.path.join(workdir, RESULTS_FILE)
+  path = os.path.join(workdir, wd.RESULTS_FILE)
   if not os.path.exists(path):
     return None
   try:
@@ -205,8 +205,7 @@ def plan(config_spec: str, base: ml_collections.ConfigDict, root: str,
 def set_aside_if_changed(workdir: str, config: ml_collections.ConfigDict) -> str | None:
   """A point whose workdir was trained with other model / data fields must not resume it:
   the folder is renamed ``<workdir>.replaced<k>`` (nothing is deleted); returns that name."""
-  from mlzsl_jax import train  # pylint: disable=import-outside-toplevel
-  if not os.path.isdir(workdir) or not train.config_differences(config, workdir):
+  if not os.path.isdir(workdir) or not wd.config_differences(config, workdir):
     return None
   k = 1
   while os.path.exists(f"{workdir}.replaced{k}"):
@@ -233,29 +232,52 @@ def run_sweep(config_spec: str, base: ml_collections.ConfigDict, root: str, *,
     {point name: 'skipped' | 'done' | 'failed: <error>'}; a failed point does not stop the
     others (its traceback is logged), so one bad point costs one point.
   """
+  todo = [(point.name, config, workdir, str(point.overrides or "(base config)"))
+          for point, config, workdir, _ in plan(config_spec, base, root, only)]
+  return run_in_order(todo, train_fn, log, keep_going=True, set_aside=True)
+
+
+def run_in_order(todo: list[tuple[str, ml_collections.ConfigDict, str, str]],
+                 train_fn: Callable[[ml_collections.ConfigDict, str], Any] | None,
+                 log: Callable[[str], None], *, keep_going: bool, set_aside: bool,
+                 prefix: str = "") -> dict[str, str]:
+  """The plan / skip / run loop of sweeps and phase chains: each (name, config, workdir,
+  description) in order; one whose ``results.json`` says it finished with this config is
+  skipped. ``set_aside``: a workdir trained with other model / data fields is renamed first
+  (sweeps; a phase's workdir refuses such a resume itself). ``keep_going``: a failure is
+  logged and the next one runs (sweeps), otherwise it propagates (phases). A preempted run
+  stops the loop.
+
+  Returns {name: 'skipped' | 'done' | 'preempted' | 'failed: <error>'}.
+  """
   if train_fn is None:
-    from mlzsl_jax import train
+    from mlzsl_jax import train  # pylint: disable=import-outside-toplevel
     train_fn = train.train_and_evaluate
-  todo = plan(config_spec, base, root, only)
-  status = {}
-  for i, (point, config, workdir, finished) in enumerate(todo, 1):
-    if finished:
-      log(f"[{i}/{len(todo)}] {point.name}: finished earlier ({workdir}/{RESULTS_FILE}), "
-          "skipped")
-      status[point.name] = "skipped"
+  status: dict[str, str] = {}
+  for i, (name, config, workdir, description) in enumerate(todo, 1):
+    tag = f"[{prefix}{i}/{len(todo)}] {name}"
+    if is_finished(workdir, config):
+      log(f"{tag}: finished earlier ({workdir}/{wd.RESULTS_FILE}), skipped")
+      status[name] = "skipped"
       continue
-    log(f"[{i}/{len(todo)}] {point.name}: {point.overrides or '(base config)'} -> {workdir}")
-    moved = set_aside_if_changed(workdir, config)
+    log(f"{tag}: {description} -> {workdir}")
+    moved = set_aside_if_changed(workdir, config) if set_aside else None
     if moved:
-      log(f"[{i}/{len(todo)}] {point.name}: its model / data fields changed; the earlier run "
-          f"was moved to {moved} and the point starts afresh")
+      log(f"{tag}: its model / data fields changed; the earlier run was moved to {moved} "
+          "and it starts afresh")
     t0 = time.perf_counter()
     try:
-      train_fn(config, workdir)
-    except Exception as e:  # noqa: BLE001 - one failed point must not lose the others
+      result = train_fn(config, workdir)
+    except Exception as e:  # noqa: BLE001 - a sweep's failed point must not lose the others
+      if not keep_going:
+        raise
       log(traceback.format_exc())
-      status[point.name] = f"failed: {type(e).__name__}: {e}"
+      status[name] = f"failed: {type(e).__name__}: {e}"
       continue
-    status[point.name] = "done"
-    log(f"[{i}/{len(todo)}] {point.name}: done in {time.perf_counter() - t0:.0f} s")
+    if isinstance(result, dict) and "preempted_at" in result:
+      log(f"{tag}: preempted; run the same command to resume")
+      status[name] = "preempted"
+      return status
+    status[name] = "done"
+    log(f"{tag}: done in {time.perf_counter() - t0:.0f} s")
   return status

@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import tempfile
 import threading
 import time
 import jax
@@ -27,70 +26,8 @@ from mlzsl_jax import evaluate
 from mlzsl_jax import selection
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data.source import get_dataset
-# The step and what it is built from live in step.py (no TensorFlow); re-exported here,
-# where scripts and tests have always found them.
-from mlzsl_jax.step import (  # noqa: F401
-    NONFINITE_POLICIES, OPTIMIZERS, AdaptiveLRState, LabelSplit, Trainer, TrainState, adaptive_lr, all_finite,
-    build_model, compute_dtype, label_dims, label_inputs, label_split, lr_schedule,
-    make_optimizer, scale_by_adaptive_lr, set_adaptive_lr)
-
-
-def ensure_workdir(workdir: str) -> str:
-  """Creates ``workdir`` and checks it is writable; clear error otherwise."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=workdir):
-      pass
-  except OSError as e:
-    raise PermissionError(f"--workdir {workdir!r}: cannot create or write to it "
-                          f"({e.strerror or e}); choose a writable directory") from e
-  return workdir
-
-
-# Fields that say where files are, not what is trained: they may change between runs.
-LOCATION_FIELDS = ("data_dir", "manual_dir", "scene_weights")
-
-
-def config_differences(config, workdir: str) -> list[str]:
-  """'block.field: trained with X, now Y' for every model / data field (the label split is
-  data.seen_labels / data.unseen_labels) where ``workdir/config.json`` (written by training)
-  and ``config`` disagree; fields one side lacks (older versions) and file locations are not
-  compared."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    trained = json.load(f)
-  now = json.loads(config.to_json_best_effort())
-  out = []
-  for block in ("model", "data"):
-    a, b = trained.get(block, {}), now.get(block, {})
-    for key in [k for k in b if k in a and k not in LOCATION_FIELDS]:
-      if a[key] != b[key]:
-        out.append(f"{block}.{key}: trained with {a[key]!r}, now {b[key]!r}")
-  return out
-
-
-def check_resume_config(config, workdir: str, resuming: bool) -> None:
-  """Resuming a workdir trained with other model / data / label-split fields is a
-  ValueError naming them, unless ``train.allow_config_change``."""
-  diffs = config_differences(config, workdir) if resuming else []
-  path = os.path.join(workdir, "config.json")
-  if resuming and os.path.exists(path):
-    with open(path) as f:
-      trained = json.load(f).get("train", {}).get("batch_size")
-    if trained is not None and trained != config.train.batch_size:
-      # Steps per epoch, the learning-rate schedule and the data order follow the global
-      # batch: another one would not continue the same run (the device count may change).
-      raise ValueError(f"--workdir {workdir!r}: its checkpoints were trained with the global "
-                       f"train.batch_size={trained}, now {config.train.batch_size}; resume "
-                       f"with train.batch_size={trained} (any device or process count "
-                       "that divides it), or start a new workdir")
-  if diffs and not config.train.allow_config_change:
-    raise ValueError(f"--workdir {workdir!r} holds checkpoints trained with another config: "
-                     + "; ".join(diffs) + ". Use a new workdir, or set "
-                     "--config.train.allow_config_change=True to resume anyway")
+from mlzsl_jax import workdir as wd
+from mlzsl_jax.step import NONFINITE_POLICIES, Trainer, TrainState, all_finite, set_adaptive_lr
 
 
 class NonFiniteGuard:
@@ -141,22 +78,6 @@ class NonFiniteGuard:
         self._stop(f"{self.in_a_row} updates in a row were non-finite and skipped (the last "
                    f"at step {step}; {self.skipped} skipped in this run), "
                    "train.max_consecutive_skips")
-
-
-BEST_DIR = "best"  # WORKDIR/best: the validation-selected checkpoint (one step kept)
-
-
-def checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      save_interval_steps=config.train.checkpoint_every_steps,
-      max_to_keep=config.train.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(os.path.join(workdir, "checkpoints"), options=options)
-
-
-def best_checkpoint_manager(workdir: str) -> ocp.CheckpointManager:
-  """``WORKDIR/best``: holds the one checkpoint chosen by validation (selection.py)."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=1, create=True)
-  return ocp.CheckpointManager(os.path.join(workdir, BEST_DIR), options=options)
 
 
 def parse_init_from(spec: str) -> tuple[str, int | None]:
@@ -253,7 +174,7 @@ class ScheduledEvaluations:
                        "optimizer.schedule='val_plateau' need validation: set "
                        "eval.val_split and eval.val_epochs or eval.val_steps")
     self.history = selection.EvalHistory(workdir)
-    self.best_mngr = best_checkpoint_manager(workdir) if self.val_steps else None
+    self.best_mngr = wd.best_checkpoint_manager(workdir) if self.val_steps else None
 
   def scheduled(self, step: int) -> bool:
     """A validation or test pass (and so a checkpoint) is due at ``step``."""
@@ -454,7 +375,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # that importing this module needs neither.
   from clu import metric_writers  # pylint: disable=import-outside-toplevel
   from mlzsl_jax.data import pipeline  # pylint: disable=import-outside-toplevel
-  workdir = ensure_workdir(workdir)
+  workdir = wd.ensure_workdir(workdir)
   t_start = time.perf_counter()
   # Process 0 builds a missing dataset before the others read it (a shared data_dir).
   source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
@@ -480,10 +401,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     total_steps = int(config.train.num_steps)
     num_epochs = math.ceil(total_steps / steps_per_epoch)
   trainer = Trainer(config, meta, mesh, steps_per_epoch)
-  mngr = checkpoint_manager(workdir, config)
-  check_resume_config(config, workdir, resuming=mngr.latest_step() is not None)
+  mngr = wd.checkpoint_manager(workdir, config)
+  wd.check_resume_config(config, workdir, resuming=mngr.latest_step() is not None)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with open(os.path.join(workdir, wd.CONFIG_FILE), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True)
@@ -530,8 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       stop = preemption.should_stop(done) and done != total_steps
       # Metrics (and their 'finite' flags) reach the host at log steps and before anything
       # is saved, so no non-finite state is ever written: the only host syncs in the loop.
-      if log_due or stop or mngr.should_save(done) or evals.scheduled(done) or (
-          config.train.eval_every_steps and done % config.train.eval_every_steps == 0):
+      if log_due or stop or mngr.should_save(done) or evals.scheduled(done):
         host = jax.device_get(pending)
         guard.observe(host, done - len(host) + 1)
         window += host
@@ -563,10 +483,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return {"preempted_at": done}
       mngr.save(done, args=ocp.args.StandardSave(state))
       state = evals.run(done, state, tests=done != total_steps)
-      if (config.train.eval_every_steps and done % config.train.eval_every_steps == 0
-          and done != total_steps):
-        result = evaluate.evaluate_state(trainer, source, state, config)
-        writer.write_scalars(done, evaluate.flatten(result))
     if mngr.latest_step() != total_steps:
       mngr.save(total_steps, args=ocp.args.StandardSave(state), force=True)
     mngr.wait_until_finished()

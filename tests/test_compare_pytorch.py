@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
 from mlzsl_jax.config_base import base_config
@@ -76,7 +77,7 @@ def close(got, want, tol, what, floor=0.0):
 def setup():
   config = tiny_config()
   mesh = shd.make_mesh(1, 1, jax.devices()[:1])
-  trainer = train.Trainer(config, tiny_meta(), mesh, steps_per_epoch=10)
+  trainer = step_lib.Trainer(config, tiny_meta(), mesh, steps_per_epoch=10)
   state = trainer.init_state()
   params, model_state = jax.device_get((state.params, state.model_state))
   model = torch_biam.TorchBiAM(feature_dim=FEAT, emb_dim=EMB, grid_shape=GRID,

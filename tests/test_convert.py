@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import convert
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
@@ -526,7 +527,7 @@ def tiny_config(model_cfg):
 
 
 class ShapeOnlyTrainer:
-  """What ``init_from`` reads of a ``train.Trainer`` (config, meta, emb_seen,
+  """What ``init_from`` reads of a ``step_lib.Trainer`` (config, meta, emb_seen,
   abstract_state), without building the model's weights: for the error cases."""
 
   def __init__(self, config, meta):
@@ -557,7 +558,7 @@ def test_init_from_biam_feeds_the_trainer(tmp_path, monkeypatch):
   monkeypatch.setattr(biam_torch, "load_torch_checkpoint", lambda path: dict(sd))
   (tmp_path / "model_best.pth").write_bytes(b"")
   mesh = shd.make_mesh(devices=jax.devices()[:1])
-  trainer = train.Trainer(tiny_config(biam_cfg()), tiny_meta(), mesh, steps_per_epoch=1)
+  trainer = step_lib.Trainer(tiny_config(biam_cfg()), tiny_meta(), mesh, steps_per_epoch=1)
   state = convert.init_state_from(tmp_path, trainer)  # the folder's one .pth
   assert int(state.step) == 0
   feats, _, scene = inputs()

@@ -11,6 +11,7 @@ import pytest
 import scipy.stats
 from flax import nnx
 
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import losses
 from mlzsl_jax import metrics
 from mlzsl_jax import sharding as shd
@@ -334,7 +335,7 @@ def _batch(seed):
 
 
 def _run_steps(mesh, n_steps=2):
-  trainer = train.Trainer(_fusion_train_config(), _fusion_meta(), mesh, steps_per_epoch=1)
+  trainer = step_lib.Trainer(_fusion_train_config(), _fusion_meta(), mesh, steps_per_epoch=1)
   state = trainer.init_state()
   emb = jax.device_put(trainer.emb_seen, trainer.repl)
   out = []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import losses
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
@@ -232,7 +233,7 @@ def tiny_batch(seed):
 
 
 def run_steps(mesh, label_chunk, loss, n_steps=2):
-  trainer = train.Trainer(tiny_config(label_chunk, loss), tiny_meta(), mesh, steps_per_epoch=1)
+  trainer = step_lib.Trainer(tiny_config(label_chunk, loss), tiny_meta(), mesh, steps_per_epoch=1)
   state = trainer.init_state()
   emb = jax.device_put(trainer.emb_seen, trainer.repl)
   out = []

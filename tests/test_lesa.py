@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import losses
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
@@ -359,7 +360,7 @@ def trainers(request):
   module = {"lesa": lesa, "attention_per_label": apl}[request.param]
   meshes = {"1": shd.make_mesh(devices=jax.devices()[:1]), "8x1": shd.make_mesh(8, 1),
             "4x2": shd.make_mesh(4, 2)}
-  return {k: train.Trainer(_tiny_config(module), _tiny_meta(), m, steps_per_epoch=1)
+  return {k: step_lib.Trainer(_tiny_config(module), _tiny_meta(), m, steps_per_epoch=1)
           for k, m in meshes.items()}
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
 from mlzsl_jax.config_base import base_config
@@ -74,9 +75,9 @@ def trainers():
   """(model, dtype) -> Trainer, built once per module and shared by the tests."""
   mesh, cache = shd.make_mesh(-1, 1), {}
 
-  def get(model: str, dtype: str) -> train.Trainer:
+  def get(model: str, dtype: str) -> step_lib.Trainer:
     if (model, dtype) not in cache:
-      cache[model, dtype] = train.Trainer(tiny_config(model, dtype, GRAD_READOUT),
+      cache[model, dtype] = step_lib.Trainer(tiny_config(model, dtype, GRAD_READOUT),
                                           tiny_meta(), mesh, steps_per_epoch=10)
     return cache[model, dtype]
   return get
@@ -199,7 +200,7 @@ def test_bf16_score_matmul_outputs_float32(model, trainers):
 
 # ------------------------------------------------------------------ values (compiles)
 
-def one_step(trainer: train.Trainer):
+def one_step(trainer: step_lib.Trainer):
   """(loss, gradient per parameter, BatchNorm stats after the step) of one real train step
   from the seed's initial parameters (identical for both dtypes: params init in float32)."""
   batch, emb = inputs(trainer)

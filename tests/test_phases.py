@@ -17,6 +17,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from mlzsl_jax import workdir as wd
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import evaluate, phases, restore, selection, train
 from mlzsl_jax.data import get_dataset, nus_wide, pipeline
 from mlzsl_jax.extract import scene_head
@@ -131,7 +133,7 @@ def test_chain_runs_the_official_protocol(uninterrupted, official):
     best = selection.best_record([v for v in vals if v["epoch"] <= t["epoch"]], "seen/f1@5")
     assert t["checkpoint"] == "best" and t["params_step"] == best["step"]
   best = selection.best_record(vals, "seen/f1@5")
-  assert train.best_checkpoint_manager(str(workdir / "select")).all_steps() == [best["step"]]
+  assert wd.best_checkpoint_manager(str(workdir / "select")).all_steps() == [best["step"]]
   # phase 2 read the full train split (40 images: 5 steps of 8) and tested after each epoch
   ft_config = json.loads((workdir / "finetune" / "config.json").read_text())
   assert ft_config["data"]["train_split"] == "train"
@@ -141,7 +143,7 @@ def test_chain_runs_the_official_protocol(uninterrupted, official):
   assert [(r["epoch"], r["step"]) for r in finetune.of_kind("test")] == [(1, 5), (2, 10)]
   assert finetune.of_kind("val") == []
   # the final table: one row per test record, the selection, the test-set-choice note
-  assert (workdir / phases.FINAL_TABLE).read_text().strip() == table.strip()
+  assert (workdir / wd.FINAL_TABLE).read_text().strip() == table.strip()
   rows = [line for line in table.splitlines() if line.startswith("| select")
           or line.startswith("| finetune")]
   assert len(rows) == 4
@@ -205,7 +207,7 @@ def test_killed_inside_and_between_phases_ends_with_the_same_table(uninterrupted
   monkeypatch.setattr(selection.EvalHistory, "add", real_add)
   ref_vals = selection.EvalHistory(str(reference / "select")).of_kind("val")
   best_by_12 = selection.best_record([r for r in ref_vals if r["step"] <= 12], "seen/f1@5")
-  assert train.best_checkpoint_manager(str(workdir / "select")).all_steps() == [
+  assert wd.best_checkpoint_manager(str(workdir / "select")).all_steps() == [
       best_by_12["step"]]
 
   def phase_one_then_die(config, wd):
@@ -285,14 +287,14 @@ def test_val_plateau_lr_resumes_and_latest_best_tests(tmp_path, monkeypatch):
     return views
   monkeypatch.setattr(evaluate, "validation_views", fake)
   lrs = {}
-  real_step = train.Trainer._train_step
+  real_step = step_lib.Trainer._train_step
 
   def spy(self, state, batch, label_emb):
     new_state, metrics = real_step(self, state, batch, label_emb)
     jax.debug.callback(lambda s, lr: lrs.setdefault(int(s), float(lr)), state.step,
                        metrics["lr"])
     return new_state, metrics
-  monkeypatch.setattr(train.Trainer, "_train_step", spy)
+  monkeypatch.setattr(step_lib.Trainer, "_train_step", spy)
 
   config = _lesa_digits(tmp_path)
   ref = train.train_and_evaluate(config, str(tmp_path / "whole"))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mlzsl_jax import workdir as wd
 from mlzsl_jax import evaluate, hooks, plots, restore, train
 from mlzsl_jax.sweep import apply_overrides, load_config_module
 
@@ -96,7 +97,7 @@ def test_plots_command_writes_pngs_and_tensorboard_images(trained):
 
 def test_region_score_peak_of_a_present_seen_digit_lies_on_its_cell(trained):
   config, workdir = trained
-  source, trainer, state, _ = restore.restore_latest(config, workdir)
+  source, trainer, state, _ = restore.restore(config, workdir, "latest")
   examples = plots.test_examples(source, "test", range(48))
   seen = list(config.data.seen_labels)
   maps = plots.example_region_maps(trainer, source.meta, state, examples, seen)
@@ -117,9 +118,9 @@ def test_region_score_peak_of_a_present_seen_digit_lies_on_its_cell(trained):
 
 def test_restoring_with_another_config_names_the_differing_fields(trained):
   config, workdir = trained
-  assert train.config_differences(config, workdir) == []
+  assert wd.config_differences(config, workdir) == []
   other = apply_overrides(config, {"model.top_k": 2, "data.unseen_labels": (1, 2, 8)})
-  assert train.config_differences(other, workdir) == [
+  assert wd.config_differences(other, workdir) == [
       "model.top_k: trained with 4, now 2",
       "data.unseen_labels: trained with [1, 2, 7], now [1, 2, 8]"]
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import losses
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
@@ -337,7 +338,7 @@ def runs():
   out = {}
   for module in (fast0tag, conse, labelem):
     for mesh_name, make in MESHES.items():
-      trainer = train.Trainer(tiny_config(module), tiny_meta(), make(), steps_per_epoch=1)
+      trainer = step_lib.Trainer(tiny_config(module), tiny_meta(), make(), steps_per_epoch=1)
       state = trainer.init_state()
       emb = jax.device_put(trainer.emb_seen, trainer.repl)
       step_losses = []

@@ -8,6 +8,8 @@ import jax
 import numpy as np
 import pytest
 
+from mlzsl_jax import workdir as wd
+from mlzsl_jax import step as step_lib
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
 from mlzsl_jax.config_base import base_config
@@ -46,7 +48,7 @@ def tiny_batch(seed=0):
 
 
 def run_steps(mesh, n_steps=2):
-  trainer = train.Trainer(tiny_config(), tiny_meta(), mesh, steps_per_epoch=1)
+  trainer = step_lib.Trainer(tiny_config(), tiny_meta(), mesh, steps_per_epoch=1)
   state = trainer.init_state()
   emb = jax.device_put(trainer.emb_seen, trainer.repl)
   losses = []
@@ -72,7 +74,7 @@ def test_one_device_eight_devices_and_4x2_mesh_agree():
 
 
 def test_model_axis_really_shards_parameters():
-  trainer = train.Trainer(tiny_config(), tiny_meta(), shd.make_mesh(4, 2), steps_per_epoch=1)
+  trainer = step_lib.Trainer(tiny_config(), tiny_meta(), shd.make_mesh(4, 2), steps_per_epoch=1)
   kernel = trainer.init_state().params["stem"]["conv"]["kernel"]
   assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "model")
   assert kernel.addressable_shards[0].data.shape[-1] == kernel.shape[-1] // 2
@@ -80,7 +82,7 @@ def test_model_axis_really_shards_parameters():
 
 def test_optimizer_is_adam_with_l2_added_to_the_gradient():
   c = tiny_config().optimizer
-  tx = train.make_optimizer(c, lambda step: c.lr)  # optimizer.name = "adam"
+  tx = step_lib.make_optimizer(c, lambda step: c.lr)  # optimizer.name = "adam"
   p = {"w": np.array([1.0, -2.0, 0.5])}
   g = {"w": np.array([0.3, 0.1, -0.2])}
   state = tx.init(p)
@@ -94,7 +96,7 @@ def test_optimizer_is_adam_with_l2_added_to_the_gradient():
 def test_warmup_cosine_schedule_per_epoch():
   c = tiny_config().optimizer
   c.lr, c.lr_min, c.warmup_epochs = 1e-3, 5e-4, 3
-  sched = train.lr_schedule(c, steps_per_epoch=10, num_epochs=40)
+  sched = step_lib.lr_schedule(c, steps_per_epoch=10, num_epochs=40)
   for epoch in range(40):
     if epoch < 3:
       want = c.lr * (epoch + 1) / 3
@@ -109,10 +111,10 @@ def test_label_split_errors_name_the_field():
   c = tiny_config()
   c.data.unseen_labels = (7, 8, 12)
   with pytest.raises(ValueError, match=r"data.unseen_labels: label ids \[12\] out of range"):
-    train.label_split(c, meta)
+    step_lib.label_split(c, meta)
   c.data.unseen_labels = (6, 7)
   with pytest.raises(ValueError, match="share ids"):
-    train.label_split(c, meta)
+    step_lib.label_split(c, meta)
 
 
 def test_unwritable_workdir_is_a_clear_error(tmp_path):
@@ -125,7 +127,7 @@ def test_unwritable_workdir_is_a_clear_error(tmp_path):
     else:
       target = str(locked / "run")
     with pytest.raises(PermissionError, match="--workdir .* cannot create or write"):
-      train.ensure_workdir(target)
+      wd.ensure_workdir(target)
   finally:
     locked.chmod(0o700)
 
@@ -134,7 +136,7 @@ def test_missing_embedding_source_is_a_clear_error():
   c = tiny_config()
   c.data.embedding = "glove"
   with pytest.raises(ValueError, match="no label embedding source 'glove'"):
-    train.Trainer(c, tiny_meta(), shd.make_mesh(devices=jax.devices()[:1]), 1)
+    step_lib.Trainer(c, tiny_meta(), shd.make_mesh(devices=jax.devices()[:1]), 1)
 
 
 def test_unknown_names_in_registries_name_the_config_field():

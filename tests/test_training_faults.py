@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from mlzsl_jax import workdir as wd
 from mlzsl_jax import errors, evaluate, restore, sweep, train
 from mlzsl_jax.data import pipeline
 
@@ -110,7 +111,7 @@ def test_skip_drops_the_update_counts_it_and_stops_after_n_in_a_row(tmp_path, da
     train.train_and_evaluate(other, str(tmp_path / "w"))
   # file locations may change; a sweep point whose fields changed starts afresh elsewhere
   moved = sweep.apply_overrides(config, {"data.data_dir": data_dir + "/"})
-  assert train.config_differences(moved, str(tmp_path / "w")) == []
+  assert wd.config_differences(moved, str(tmp_path / "w")) == []
   assert sweep.set_aside_if_changed(str(tmp_path / "w"), other) == str(tmp_path / "w.replaced1")
   assert not (tmp_path / "w").exists() and (tmp_path / "w.replaced1" / "checkpoints").is_dir()
   (tmp_path / "w.replaced1").rename(tmp_path / "w")

@@ -30,6 +30,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
+from mlzsl_jax import workdir as wd
 from mlzsl_jax.convert import biam_torch, lesa_tf
 from mlzsl_jax.convert.biam_torch import (convert_biam_state_dict, load_biam_checkpoint,
                                           load_torch_checkpoint)
@@ -152,25 +153,13 @@ def init_state_from(path: str | os.PathLike, trainer):
                        model_state=jax.tree.map(_put, model_state, abstract.model_state))
 
 
-def _trainer(config):
-  """(Trainer, dataset source) as ``restore.restore`` builds them (before a checkpoint)."""
-  from mlzsl_jax import distributed  # noqa: PLC0415  (loaded with the command, not the package)
-  from mlzsl_jax import sharding as shd  # noqa: PLC0415
-  from mlzsl_jax import train  # noqa: PLC0415
-  from mlzsl_jax.data.source import get_dataset  # noqa: PLC0415
-
-  source = distributed.process_zero_first(lambda: get_dataset(config.data), "dataset ready")
-  mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
-  return train.Trainer(config, source.meta, mesh, steps_per_epoch=1), source
-
-
 def evaluate_init_from(config, workdir: str, path: str | os.PathLike) -> dict:
   """``evaluate`` on the official weights at ``path`` (converted in memory): prints the
   paper-style table (step 0) and writes ``workdir/results.json``."""
-  from mlzsl_jax import evaluate, train  # noqa: PLC0415
+  from mlzsl_jax import evaluate, restore  # noqa: PLC0415
 
-  workdir = train.ensure_workdir(workdir)
-  trainer, source = _trainer(config)
+  workdir = wd.ensure_workdir(workdir)
+  source, trainer = restore.build(config)
   state = init_state_from(path, trainer)
   result = evaluate.evaluate_state(trainer, source, state, config)
   evaluate.report(result, config, workdir, 0)
@@ -183,16 +172,16 @@ def convert_to_workdir(config, workdir: str, path: str | os.PathLike) -> str:
   directory. ``evaluate --workdir`` then evaluates it; ``train --workdir`` fine-tunes it."""
   import orbax.checkpoint as ocp  # noqa: PLC0415
 
-  from mlzsl_jax import train  # noqa: PLC0415
+  from mlzsl_jax import restore  # noqa: PLC0415
 
-  workdir = train.ensure_workdir(workdir)
-  trainer, _ = _trainer(config)
+  workdir = wd.ensure_workdir(workdir)
+  _, trainer = restore.build(config)
   state = init_state_from(path, trainer)
-  mngr = train.checkpoint_manager(workdir, config)
+  mngr = wd.checkpoint_manager(workdir, config)
   if mngr.latest_step() is not None:
     raise ValueError(f"--workdir {workdir!r} already has checkpoints (latest step "
                      f"{mngr.latest_step()}); convert into an empty workdir")
   mngr.save(0, args=ocp.args.StandardSave(state), force=True)
   mngr.wait_until_finished()
   mngr.close()
-  return os.path.join(workdir, "checkpoints")
+  return os.path.join(workdir, wd.CHECKPOINTS_DIR)
