@@ -27,7 +27,8 @@ from mlzsl_jax import selection
 from mlzsl_jax import sharding as shd
 from mlzsl_jax.data.source import get_dataset
 from mlzsl_jax import workdir as wd
-from mlzsl_jax.step import NONFINITE_POLICIES, Trainer, TrainState, all_finite, set_adaptive_lr
+from mlzsl_jax.step import (NONFINITE_POLICIES, Trainer, TrainState, all_finite, label_split,
+                            set_adaptive_lr)
 
 
 class NonFiniteGuard:
