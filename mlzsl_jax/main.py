@@ -255,7 +255,8 @@ def main(argv):
   if argv[1] == "compile":  # runs on this machine's CPU for a topology it does not have
     from mlzsl_jax import accelerator
     accelerator.select_backend(accelerator.Expectation("cpu", "the compile command"))
-    return _compile(_CONFIG.value, None)
+    with user_errors_in_one_line():
+      return _compile(_CONFIG.value, None)
   from mlzsl_jax import distributed
   _start_platform(_CONFIG.value.get("platform", "auto"),
                   lambda: distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,

@@ -155,12 +155,11 @@ def predict_zero_shot(config, inputs: Sequence[str], label_names: Sequence[str],
   workdir or dataset: photos and label text through the CLIP towers of ``data.clip_weights``
   (``hooks``' 'backbone:clip' reader and '*:clip' embedder), scored by ``config.model``."""
   from mlzsl_jax.backbones import clip_weights  # pylint: disable=import-outside-toplevel
-  from mlzsl_jax.data import clip_labels  # pylint: disable=import-outside-toplevel
   from mlzsl_jax.models import get_model_builder  # pylint: disable=import-outside-toplevel
   if not label_names:
     raise ValueError("--labels: predict without a workdir needs the label names to score")
   hooks.load_all()
-  clip_model = clip_weights.cached_clip(clip_labels.clip_weights_of(config))
+  clip_model = clip_weights.cached_clip(clip_weights.weights_from_config(config))
   dim = clip_model.spec.embed_dim
   model = get_model_builder(config.model.name)(
       config.model, feature_dim=dim, emb_dim=dim, grid_shape=clip_model.grid_shape,

@@ -37,6 +37,23 @@ def test_user_error_is_one_line_and_the_start_is_quiet(tmp_path):
   assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
 
 
+@pytest.mark.parametrize("command,message", [
+    (("evaluate", "--config", "configs/biam_digits.py:smoke=True", "--workdir", "{tmp}/empty",
+      "--config.data.data_dir={tmp}/tfds"), "error: --workdir '{tmp}/empty': no checkpoint "
+                                            "under {tmp}/empty/checkpoints; train first"),
+    (("predict", "--config", "configs/clip_zero_shot.py", "--inputs", "photo.jpg",
+      "--labels", "dog"), "error: CLIP features / label names need the CLIP weights: "
+                          "--config.data.clip_weights=FILE (the file the workdir's data used)"),
+    (("extract", "--image_dir", "{tmp}/none", "--out_dir", "{tmp}/out", "--weights",
+      "w.safetensors", "--backbone", "clip_vit"), "error: image folder '{tmp}/none' does not "
+                                                 "exist"),
+])
+def test_every_command_kind_ends_a_user_error_in_one_line(tmp_path, command, message):
+  out = run_main(*[a.format(tmp=tmp_path) for a in command])
+  assert out.returncode == 1
+  assert out.stderr.splitlines() == [message.format(tmp=tmp_path)], out.stderr
+
+
 def test_user_errors_and_bugs_are_told_apart(tmp_path):
   with pytest.raises(FileNotFoundError) as ours:
     multilabel_folder.read_names(str(tmp_path / "label_names.txt"))

@@ -125,12 +125,12 @@ def clip_image_features(path: str, weights: str) -> tuple[np.ndarray, np.ndarray
 
 def _register_photo_reader() -> None:
   from mlzsl_jax import hooks  # pylint: disable=import-outside-toplevel
-  from mlzsl_jax.data import clip_labels  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.backbones import clip_weights  # pylint: disable=import-outside-toplevel
 
   @hooks.IMAGE_READERS.register("backbone:clip")
   def read_clip_photo(path: str, config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A photo through the CLIP image tower of data.clip_weights."""
-    return clip_image_features(path, clip_labels.clip_weights_of(config))
+    return clip_image_features(path, clip_weights.weights_from_config(config))
 
 
 _register_photo_reader()

@@ -424,6 +424,15 @@ def load_clip(weights: str | os.PathLike | WeightFile, *, image_size: int | None
   return nnx.merge(graphdef, state)
 
 
+def weights_from_config(config) -> str:
+  """``data.clip_weights`` of a run config; ValueError saying what is missing."""
+  weights = config.data.get("clip_weights", "") or ""
+  if not weights:
+    raise ValueError("CLIP features / label names need the CLIP weights: "
+                     "--config.data.clip_weights=FILE (the file the workdir's data used)")
+  return weights
+
+
 @functools.lru_cache(maxsize=2)
 def cached_clip(path: str) -> clip_lib.Clip:
   """``load_clip(path)``, loaded once per process (predict reads photos and names with it)."""

@@ -117,15 +117,6 @@ def add_to_source(source: Any, data_config) -> Any:
   return source
 
 
-def clip_weights_of(config) -> str:
-  """``data.clip_weights`` of a run config; ValueError saying what is missing."""
-  weights = config.data.get("clip_weights", "") or ""
-  if not weights:
-    raise ValueError("CLIP features / label names need the CLIP weights: "
-                     "--config.data.clip_weights=FILE (the file the workdir's data used)")
-  return weights
-
-
 def _register_name_embedder() -> None:
   from mlzsl_jax import hooks  # pylint: disable=import-outside-toplevel
 
@@ -134,7 +125,7 @@ def _register_name_embedder() -> None:
     """Any text: the CLIP text tower of data.clip_weights under data.clip_templates, as the
     dataset's label names were embedded."""
     from mlzsl_jax.backbones import clip_text, clip_tokenizer, clip_weights  # pylint: disable=import-outside-toplevel
-    weights = clip_weights_of(config)
+    weights = clip_weights.weights_from_config(config)
     tokenizer = clip_tokenizer.load_tokenizer(weights, config.data.get("clip_vocab", "") or None)
     return clip_text.label_embeddings(list(names), clip_weights.cached_clip(weights), tokenizer,
                                       config.data.get("clip_templates", "ensemble"))
