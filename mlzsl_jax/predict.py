@@ -51,6 +51,7 @@ def embed_label_names(config, names: Sequence[str]) -> np.ndarray:
   """[len(names), dim] embeddings of ``names`` by the config's dataset and source."""
   if not names:
     raise ValueError("--labels: no label names given")
+  hooks.load_all()
   for key in (f"{config.data.name}:{config.data.embedding}", f"*:{config.data.embedding}"):
     if key in hooks.NAME_EMBEDDERS.names():
       return hooks.NAME_EMBEDDERS.get(key)(list(names), config)

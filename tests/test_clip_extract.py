@@ -332,13 +332,13 @@ def test_clip_zero_shot_evaluates_untrained_and_every_model_trains(nus_clip, tmp
 
 
 def test_nus_wide_extracted_errors(setup, tmp_path, monkeypatch):
-  from mlzsl_jax.data import nus_wide  # pylint: disable=import-outside-toplevel
+  from mlzsl_jax.data import extracted, nus_wide  # pylint: disable=import-outside-toplevel
   monkeypatch.setitem(clip_lib.NAMED_SPECS, "clip_vit_tiny", SPEC)
   with pytest.raises(ValueError, match=r"data.backbone='clip_vit_tiny' is not prepared under .*"
                      r"give data.manual_dir .* and data.features_dir"):
     nus_wide.prepare("", str(tmp_path), backbone="clip_vit_tiny")
   with pytest.raises(ValueError, match=r"data.backbone='resnet'"):
-    nus_wide.backbone_option({"backbone": "resnet"})
+    extracted.backbone_option({"backbone": "resnet"})
   with pytest.raises(ValueError, match=r"scene feature of extracted features is their class"):
     nus_wide.prepare("", str(tmp_path), scene="vgg19", backbone="clip_vit_tiny")
 

@@ -24,6 +24,8 @@ images whose crop offsets agree. It differs, and the tests pin down exactly how:
 
 import numpy as np
 import pytest
+
+import clip_reference as ref
 from PIL import Image
 
 from mlzsl_jax.backbones import clip_preprocess as cp
@@ -157,7 +159,7 @@ def test_output_size_and_crop_rules():
 def test_reference_arithmetic_matches_torch():
  """ToTensor's ``div(255)`` and Normalize's ``sub_(mean).div_(std)`` in torch float32 give
  the same bits as the scalar reference and as the module, for all 256 levels."""
- torch = pytest.importorskip("torch")
+ torch = ref.need("torch")
  levels = np.stack([np.arange(256, dtype=np.uint8)] * 3, -1)[None]          # [1, 256, 3]
  t = torch.from_numpy(levels.transpose(2, 0, 1).copy()).to(torch.float32).div(255)
  t = t.sub_(torch.tensor(MEAN).view(-1, 1, 1)).div_(torch.tensor(STD).view(-1, 1, 1))
@@ -276,7 +278,7 @@ def test_preprocessing_string():
 
 @pytest.fixture(scope="module")
 def hf():
- pytest.importorskip("transformers")
+ ref.need("transformers")
  from transformers import CLIPImageProcessorPil  # pylint: disable=import-outside-toplevel
  proc = CLIPImageProcessorPil()      # default config: the CLIP one
  assert proc.size.shortest_edge == 224

@@ -612,9 +612,6 @@ class NusWideVgg19Scene(NusWide, skip_registration=True):
   SCENE = True
 
 
-extracted_layout = extracted.extracted_layout
-
-
 class NusWideExtracted(NusWide, skip_registration=True):
   """``nus_wide`` on features extracted with ``extract --backbone <name>`` (a CLIP ViT):
   builder config = the backbone's name (its own folder, ``<data_dir>/nus_wide/<name>/
@@ -625,7 +622,7 @@ class NusWideExtracted(NusWide, skip_registration=True):
   EXTRACTED = True
 
   def feature_layout(self) -> tuple[tuple[int, int], int, int]:
-    return extracted_layout(self.builder_config.name)
+    return extracted.extracted_layout(self.builder_config.name)
 
 
 def extracted_metadata(builder: NusWide, features: extracted.ExtractedFeatures
@@ -794,7 +791,7 @@ def _build(builder: NusWide, source_dir: str, index: NusWideIndex) -> NusWide:
 
 def _prepare_extracted(source_dir: str | None, data_dir: str, scene: str, backbone: str,
                        features_dir: str) -> NusWide:
-  grid, dim, _ = extracted_layout(backbone)  # an unknown name fails here
+  grid, dim, _ = extracted.extracted_layout(backbone)  # an unknown name fails here
   if scene != "none":
     raise ValueError(f"config field data.scene={scene!r} with data.backbone={backbone!r}: the "
                      "scene feature of extracted features is their class embedding; leave "
@@ -821,9 +818,6 @@ def _prepare_extracted(source_dir: str | None, data_dir: str, scene: str, backbo
   return _build(builder, source_dir, index)
 
 
-backbone_option = extracted.backbone_option
-
-
 @register_dataset("nus_wide")
 def nus_wide_factory(data_config) -> NusWideSource:
   """Registered factory: reads data.manual_dir (the official NUS-WIDE folder; required until
@@ -835,7 +829,7 @@ def nus_wide_factory(data_config) -> NusWideSource:
     raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
                      f"{manual_dir!r}")
   scene, scene_weights = tfds_common.scene_option(data_config)
-  backbone, features_dir = backbone_option(data_config)
+  backbone, features_dir = extracted.backbone_option(data_config)
   return NusWideSource(prepare(manual_dir, data_config.get("data_dir", None) or None,
                                scene=scene, scene_weights=scene_weights, backbone=backbone,
                                features_dir=features_dir),
@@ -849,11 +843,11 @@ def nus_wide_shapes(data_config) -> DatasetMeta:
   regions, the scene feature's 4096 with data.scene='vgg19', the official split sizes."""
   num_seen, num_unseen, num_train, num_test = OFFICIAL_SIZES
   scene, _ = tfds_common.scene_option(data_config)
-  backbone, _ = backbone_option(data_config)
+  backbone, _ = extracted.backbone_option(data_config)
   grid, dim, scene_dim = ((GRID_SHAPE, FEATURE_DIM, 4096 if scene == "vgg19" else 0)
-                          if backbone == "vgg19" else extracted_layout(backbone))
+                          if backbone == "vgg19" else extracted.extracted_layout(backbone))
   k = train80_size(num_train)
-  clip_dim = extracted_layout("clip_vit_b16")[1] if backbone == "vgg19" else dim
+  clip_dim = extracted.extracted_layout("clip_vit_b16")[1] if backbone == "vgg19" else dim
   return shapes_meta(
       "nus_wide", num_seen + num_unseen, {EMBEDDING_SOURCE: 300, "clip": clip_dim}, grid, dim,
       scene_dim,
