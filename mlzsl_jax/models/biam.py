@@ -5,7 +5,6 @@ region scores. Follows ``shared/spec/biam.md``; PyTorch layouts (NCHW) become NH
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from mlzsl_jax.models import layers
+from mlzsl_jax.models import label_top_k, layers, region_attention
 from mlzsl_jax import hooks
 from mlzsl_jax.models.registry import register_model
 
@@ -61,26 +60,18 @@ class RegionContextBlock(nnx.Module):
     self.w_o = layers.conv(ch, ch, 1, dtype=dtype, rngs=rngs)
     self.ff1 = layers.conv(ch, 2 * ch, 1, dtype=dtype, rngs=rngs)
     self.ff2 = layers.conv(2 * ch, ch, 1, dtype=dtype, rngs=rngs)
-    self.attn_dropout = nnx.Dropout(dropout)
+    self.attn_dropout_rate = float(dropout)  # on the attention probabilities
     self.out_dropout = nnx.Dropout(dropout)
 
   def __call__(self, h_r: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
     """h_r: [batch, h, w, ch] -> e_r: [batch, h, w, ch]."""
     b, gh, gw, ch = h_r.shape
-    d_k = ch // self.heads
-
-    # Heads-major [b, heads, regions, d_k] for both attention matmuls: on XLA:CPU this
-    # halves the forward time of the block against contracting in [b, regions, heads, d_k].
-    def split_heads(x):  # [b, h, w, ch] -> [b, heads, regions, d_k]
-      return jnp.swapaxes(x.reshape(b, gh * gw, self.heads, d_k), 1, 2)
-
-    q, k, v = (split_heads(f(h_r)) for f in (self.w_q, self.w_k, self.w_v))
-    logits = jnp.einsum("bhqd,bhkd->bhqk", q, k) / math.sqrt(d_k)
-    if self.mask_zero_scores:  # official quirk: an exact 0 is treated as "masked"
-      logits = jnp.where(logits == 0, jnp.asarray(-1e9, logits.dtype), logits)
-    attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
-    attn = self.attn_dropout(attn, deterministic=not train, rngs=rngs)
-    o_r = jnp.swapaxes(jnp.einsum("bhqk,bhkd->bhqd", attn, v), 1, 2).reshape(b, gh, gw, ch)
+    q, k, v = (layers.grid_to_regions(f(h_r)) for f in (self.w_q, self.w_k, self.w_v))
+    dropout = train and self.attn_dropout_rate > 0
+    seeds = region_attention.dropout_seeds(rngs["dropout"](), b) if dropout else None
+    o_r = region_attention.attend(q, k, v, seeds, heads=self.heads,
+                                  rate=self.attn_dropout_rate,
+                                  mask_zero=self.mask_zero_scores).reshape(b, gh, gw, ch)
     o_r = self.out_dropout(self.w_o(o_r), deterministic=not train, rngs=rngs) + h_r
     return self.ff2(jax.nn.relu(self.ff1(o_r))) + o_r
 
@@ -187,14 +178,12 @@ class BiAM(nnx.Module):
     region scores the ranking loss's margins (1 + s_n - s_p) lose their resolution once
     scores grow, and bf16 training of the demo diverged (loss 0.08 -> 29 by epoch 10).
     """
-    classifiers = self.label_proj(label_emb.astype(self.dtype))  # [L, D]
     return layers.constrain_label_axis(
-        jnp.einsum("brd,ld->brl", e_f, classifiers, preferred_element_type=jnp.float32))
+        label_top_k.region_scores(e_f, self._classifiers(label_emb)))
 
-  def _pool(self, region: jax.Array) -> jax.Array:
-    """region: [B, R, L] -> mean of the top-k region scores [B, L] (float32)."""
-    top = jax.lax.top_k(jnp.swapaxes(region, 1, 2).astype(jnp.float32), self.top_k)[0]
-    return top.mean(axis=-1)
+  def _classifiers(self, label_emb: jax.Array) -> jax.Array:
+    """label_emb: [L, E] -> the labels' classifiers in the region-feature space [L, D]."""
+    return self.label_proj(label_emb.astype(self.dtype))
 
   def region_scores(self, feats: jax.Array, label_emb: jax.Array,
                     scene: jax.Array | None = None, *, train: bool = False,
@@ -216,16 +205,27 @@ class BiAM(nnx.Module):
     labels at a time (``map_label_chunks``): memory O(B·R·D + B·R·n + B·L·k) instead of
     O(B·R·L); the same scores and gradients as the dense path. The full region scores are
     then never built; use ``region_scores`` on a label subset when they are needed.
+
+    On TPU the region attention and the label scores with their top-k are Pallas kernels
+    (``region_attention``, ``label_top_k``: the [B, heads, R, R] maps and the [B, R, L]
+    scores stay on chip; labels are tiled there, so ``label_chunk`` is not needed).
     """
     self._check_inputs(feats, label_emb)
     e_f = self.region_features(feats, scene, train=train, rngs=rngs)
-    if self.label_chunk == 0:
+    on_tpu = layers.compiling_for_tpu()
+    if self.label_chunk == 0 and not on_tpu:
       region = self._label_region_scores(e_f, label_emb)
-      return {"scores": self._pool(region), "region_scores": region}
-    scores = layers.map_label_chunks(
-        lambda emb: self._pool(self._label_region_scores(e_f, emb)), label_emb,
-        self.label_chunk)
-    return {"scores": scores}
+      return {"scores": label_top_k.top_k_mean(region, self.top_k), "region_scores": region}
+    if on_tpu:  # one kernel, labels tiled on chip (label_chunk is not needed)
+      scores = label_top_k.top_k_scores(e_f, self._classifiers(label_emb), self.top_k)
+    else:
+      scores = layers.map_label_chunks(
+          lambda emb: label_top_k.top_k_scores_xla(e_f, self._classifiers(emb), self.top_k),
+          label_emb, self.label_chunk)
+    out = {"scores": scores}
+    if self.label_chunk == 0:  # on TPU: computed only when a caller uses it
+      out["region_scores"] = self._label_region_scores(e_f, label_emb)
+    return out
 
 
 def model_config() -> ml_collections.ConfigDict:

@@ -120,3 +120,40 @@ def map_label_chunks(score_chunk: Callable[[jax.Array], jax.Array], label_emb: j
   body = jax.checkpoint(score_chunk) if remat else score_chunk
   out = jax.lax.map(body, padded.reshape(n, chunk, label_emb.shape[1]))  # [n, B, chunk]
   return jnp.moveaxis(out, 0, 1).reshape(out.shape[1], n * chunk)[:, :num_labels]
+
+
+def compiling_for_tpu() -> bool:
+  """Whether the program being traced is for TPU: the platform of the active mesh (the
+  ``Trainer`` traces under its mesh, whose devices may be compile-only TPU devices), else
+  JAX's default backend."""
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  return (device.platform if device is not None else jax.default_backend()) == "tpu"
+
+
+def data_axis_for(batch: int) -> str | None:
+  """'data' when the active mesh has a 'data' axis of size > 1 that divides ``batch``."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if "data" in getattr(mesh, "axis_names", ()) and mesh.shape["data"] > 1 \
+      and batch % mesh.shape["data"] == 0:
+    return "data"
+  return None
+
+
+def model_axis_for(size: int) -> str | None:
+  """'model' when the active mesh has a 'model' axis of size > 1 that divides ``size``."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if "model" in getattr(mesh, "axis_names", ()) and mesh.shape["model"] > 1 \
+      and size % mesh.shape["model"] == 0:
+    return "model"
+  return None
+
+
+def per_shard(fn: Callable, in_specs: tuple, out_specs) -> Callable:
+  """``fn`` run on each shard of the active mesh (``shard_map``; a Pallas kernel is not
+  partitioned by XLA), or ``fn`` itself when no spec names a mesh axis."""
+  named = [s for s in jax.tree.leaves((in_specs, out_specs), is_leaf=lambda x: isinstance(
+      x, P)) if any(a is not None for a in s)]
+  if not named:
+    return fn
+  return jax.shard_map(fn, mesh=jax.sharding.get_abstract_mesh(), in_specs=in_specs,
+                       out_specs=out_specs, check_vma=False)
