@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from mlzsl_jax.registry import Registry
 
@@ -46,10 +48,15 @@ def pair_mask(states: jax.Array) -> jax.Array:
 def ranking_loss_sorted(scores: jax.Array, states: jax.Array, eps: float = 1e-8) -> jax.Array:
   """``ranking_loss`` computed by sorting: O(L log L) time and O(B·L) memory, no [B, L, L].
 
-  Per image, the negatives' keys ``u_n = 1 + s_n`` are sorted (other labels at -inf) and
-  summed from the right; for each positive p, ``searchsorted`` finds the negatives with
-  ``u_n > s_p`` (the pairs with a positive hinge), their count ``c_p`` and the sum of their
-  hinges ``Σ u_n - c_p·s_p``. Image loss ``Σ_p hinges / (Σ_p c_p + eps)``; mean over images.
+  Per image, the negatives' keys ``u_n = 1 + s_n`` and the positives' scores ``s_p`` are
+  sorted together, largest first (a positive before a negative of equal value); prefix sums
+  over that order give each positive the count ``c_p`` of negatives with ``u_n > s_p`` (the
+  pairs with a positive hinge) and the sum of their hinges ``Σ u_n - c_p·s_p``. Image loss
+  ``Σ_p hinges / (Σ_p c_p + eps)``; mean over images. The gradient is written out (a
+  positive's is ``-c_p``, a negative's the count of positives below ``u_n``, over the image's
+  ``Σ_p c_p + eps`` and the batch) and put back in label order by a second sort, so the
+  step has sorts and prefix sums only: no gather, scatter or binary-search loop, which the
+  TPU compile counted at ~120 MB per image at Open Images' 7,586 labels.
 
   Equal to ``ranking_loss`` in value, and in gradient wherever no pair sits exactly at
   hinge 0: the count uses the pairwise version's own float32 test (``(1 + s_n) - s_p > 0``
@@ -60,33 +67,74 @@ def ranking_loss_sorted(scores: jax.Array, states: jax.Array, eps: float = 1e-8)
   sums, centred on the image's mean annotated score (a constant that cancels exactly), so
   the rounding error grows with L·eps·(spread of the scores), not with their offset.
 
-  Args:
-    scores: [batch, labels] float.
-    states: [batch, labels] int, values in {1, -1, 0}.
-  Returns:
-    scalar float32.
+  Arguments and result as ``ranking_loss``: scores [batch, labels] float, states [batch,
+  labels] int in {1, -1, 0} -> scalar float32.
   """
-  scores = scores.astype(jnp.float32)
+  return _ranking_sorted_vjp(scores.astype(jnp.float32), states, eps)
+
+
+_POSITIVE, _NEGATIVE, _UNKNOWN = 0, 1, 2  # the order of equal values in the merged sort
+
+
+def _merged_order(scores: jax.Array, states: jax.Array):
+  """The positives' scores and negatives' keys 1 + s_n of each image in one descending
+  order (a positive first among equal values; unknown labels last).
+
+  Returns (values, kinds, label index, prefix count and centred sum of the negatives
+  strictly before each place, prefix count of positives up to and including it, centre),
+  all [B, L] in that order but the centre [B, 1]."""
   pos, neg = states > 0, states < 0
-  num_labels = scores.shape[-1]
-  keys = jnp.where(neg, 1.0 + scores, -jnp.inf)  # [B, L]
-  order = jnp.argsort(keys, axis=-1)  # -inf (not negative) first
-  keys_sorted = jnp.take_along_axis(keys, order, axis=-1)
-  # first index whose key > s_p: the negatives from there on have a positive hinge
-  first = jax.vmap(lambda k, s: jnp.searchsorted(k, s, side="right"))(keys_sorted, scores)
-  count = (num_labels - first).astype(jnp.float32)  # [B, L], per label as a positive
   annotated = pos | neg
-  centre = jax.lax.stop_gradient(
-      jnp.sum(jnp.where(annotated, scores, 0.0), axis=-1, keepdims=True)
-      / jnp.maximum(jnp.sum(annotated, axis=-1, keepdims=True), 1))
-  neg_sorted = jnp.take_along_axis(neg, order, axis=-1)
-  vals = jnp.where(neg_sorted, keys_sorted - centre, 0.0)
-  suffix = jnp.cumsum(vals[:, ::-1], axis=-1)[:, ::-1]  # suffix[i] = Σ_{j >= i} vals[j]
-  suffix = jnp.concatenate([suffix, jnp.zeros_like(suffix[:, :1])], axis=-1)  # [B, L + 1]
-  hinge_sums = jnp.take_along_axis(suffix, first, axis=-1) - count * (scores - centre)
-  hinge_total = jnp.sum(jnp.where(pos, hinge_sums, 0.0), axis=-1)
-  violations = jnp.sum(jnp.where(pos, count, 0.0), axis=-1)
-  return jnp.mean(hinge_total / (violations + eps))
+  centre = (jnp.sum(jnp.where(annotated, scores, 0.0), axis=-1, keepdims=True)
+            / jnp.maximum(jnp.sum(annotated, axis=-1, keepdims=True), 1))
+  values = jnp.where(neg, 1.0 + scores, jnp.where(pos, scores, -jnp.inf))
+  kinds = jnp.where(pos, _POSITIVE, jnp.where(neg, _NEGATIVE, _UNKNOWN)).astype(jnp.int32)
+  index = jax.lax.broadcasted_iota(jnp.int32, scores.shape, 1)
+  neg_values, kinds, index = jax.lax.sort((-values, kinds, index), dimension=1, num_keys=2)
+  values = -neg_values
+  is_neg, is_pos = kinds == _NEGATIVE, kinds == _POSITIVE
+  neg_count = jnp.cumsum(is_neg.astype(jnp.float32), axis=1) - is_neg
+  neg_sum = jnp.cumsum(jnp.where(is_neg, values - centre, 0.0), axis=1)
+  neg_sum = neg_sum - jnp.where(is_neg, values - centre, 0.0)
+  pos_count = jnp.cumsum(is_pos.astype(jnp.float32), axis=1)
+  return values, kinds, index, neg_count, neg_sum, pos_count, centre
+
+
+def _ranking_sorted_value(scores, states, eps):
+  values, kinds, _, neg_count, neg_sum, _, centre = _merged_order(scores, states)
+  is_pos = kinds == _POSITIVE
+  hinge_total = jnp.sum(jnp.where(is_pos, neg_sum - neg_count * (values - centre), 0.0),
+                        axis=-1)
+  violations = jnp.sum(jnp.where(is_pos, neg_count, 0.0), axis=-1)
+  # a NaN score anywhere in an image's annotated labels makes the loss NaN (the order alone
+  # could leave it where no pair reads it)
+  poison = 0.0 * jnp.sum(jnp.where((states != 0) & jnp.isnan(scores), scores, 0.0), -1)
+  return jnp.mean(hinge_total / (violations + eps) + poison), violations
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _ranking_sorted_vjp(scores, states, eps):
+  return _ranking_sorted_value(scores, states, eps)[0]
+
+
+def _ranking_sorted_forward(scores, states, eps):
+  return _ranking_sorted_vjp(scores, states, eps), (scores, states)
+
+
+def _ranking_sorted_backward(eps, residuals, g):
+  scores, states = residuals
+  _, kinds, index, neg_count, _, pos_count, _ = _merged_order(scores, states)
+  _, violations = _ranking_sorted_value(scores, states, eps)
+  total_pos = pos_count[:, -1:]
+  # d/ds_p = -c_p; d/ds_n = positives after n in the order (all with s_p < 1 + s_n)
+  grad = jnp.where(kinds == _POSITIVE, -neg_count,
+                   jnp.where(kinds == _NEGATIVE, total_pos - pos_count, 0.0))
+  grad = grad * (g / scores.shape[0]) / (violations[:, None] + eps)
+  _, grad = jax.lax.sort((index, grad), dimension=1, num_keys=1)  # back to label order
+  return grad, np.zeros(states.shape, jax.dtypes.float0)
+
+
+_ranking_sorted_vjp.defvjp(_ranking_sorted_forward, _ranking_sorted_backward)
 
 
 @register_loss("ranking")
