@@ -66,10 +66,10 @@ class RegionContextBlock(nnx.Module):
   def __call__(self, h_r: jax.Array, *, train: bool, rngs: nnx.Rngs | None) -> jax.Array:
     """h_r: [batch, h, w, ch] -> e_r: [batch, h, w, ch]."""
     b, gh, gw, ch = h_r.shape
-    q, k, v = (layers.grid_to_regions(f(h_r)) for f in (self.w_q, self.w_k, self.w_v))
+    qkv = layers.grid_to_regions(layers.pointwise_convs(h_r, (self.w_q, self.w_k, self.w_v)))
     dropout = train and self.attn_dropout_rate > 0
     seeds = region_attention.dropout_seeds(rngs["dropout"](), b) if dropout else None
-    o_r = region_attention.attend(q, k, v, seeds, heads=self.heads,
+    o_r = region_attention.attend(qkv, seeds, heads=self.heads,
                                   rate=self.attn_dropout_rate,
                                   mask_zero=self.mask_zero_scores).reshape(b, gh, gw, ch)
     o_r = self.out_dropout(self.w_o(o_r), deterministic=not train, rngs=rngs) + h_r

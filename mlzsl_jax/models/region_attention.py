@@ -13,8 +13,9 @@ for (``attend``):
 Both draw the dropout mask from the same counter-based hash of (per-image seed, head, query
 region, key region), so they agree exactly in what they drop, on any number of devices.
 
-q, k, v and the output are channels-last [batch, regions, heads * d]: head h holds channels
-h*d .. (h+1)*d - 1.
+The input is q, k and v side by side, channels-last: qkv [batch, regions, 3 * heads * d]
+(one projection matmul); the output [batch, regions, heads * d]. Head h holds channels
+h*d .. (h+1)*d - 1 of each.
 """
 
 from __future__ import annotations
@@ -72,11 +73,13 @@ def _logits(q: jax.Array, k: jax.Array, d: int, mask_zero: bool) -> jax.Array:
   return s
 
 
-def attend_xla(q: jax.Array, k: jax.Array, v: jax.Array, seeds: jax.Array | None, *,
-               heads: int, rate: float, mask_zero: bool) -> jax.Array:
-  """q, k, v: [B, R, heads*d]; seeds [B] uint32 or None (no dropout) -> [B, R, heads*d]."""
-  b, r, c = q.shape
+def attend_xla(qkv: jax.Array, seeds: jax.Array | None, *, heads: int, rate: float,
+               mask_zero: bool) -> jax.Array:
+  """qkv: [B, R, 3 * heads*d]; seeds [B] uint32 or None (no dropout) -> [B, R, heads*d]."""
+  b, r, c3 = qkv.shape
+  c = c3 // 3
   d = c // heads
+  q, k, v = qkv[..., :c], qkv[..., c:2 * c], qkv[..., 2 * c:]
   split = lambda x: jnp.swapaxes(x.reshape(b, r, heads, d), 1, 2)  # noqa: E731  [B, H, R, d]
   qh, kh, vh = split(q), split(k), split(v)
   attn = jax.nn.softmax(_logits(qh, kh, d, mask_zero).astype(jnp.float32), axis=-1)
@@ -121,31 +124,36 @@ def _head_probs(q, k, seed, h, d, rate, mask_zero):
   return p, dropped, keep, zero
 
 
-def _forward_kernel(seeds_ref, q_ref, k_ref, v_ref, o_ref, *, heads, rate, mask_zero):
-  c = q_ref.shape[-1]
+def _columns(c: int, d: int, h: int) -> tuple[slice, slice, slice]:
+  """Head h's channels of q, k and v in a [.., 3c] qkv block."""
+  return tuple(slice(i * c + h * d, i * c + (h + 1) * d) for i in range(3))
+
+
+def _forward_kernel(seeds_ref, qkv_ref, o_ref, *, heads, rate, mask_zero):
+  c = o_ref.shape[-1]
   d = c // heads
   seed = seeds_ref[pl_program_id()].astype(jnp.uint32) if rate > 0 else None
   for h in range(heads):
     cols = slice(h * d, (h + 1) * d)
-    q, k, v = q_ref[0, :, cols], k_ref[0, :, cols], v_ref[0, :, cols]
+    q, k, v = (qkv_ref[0, :, x] for x in _columns(c, d, h))
     _, dropped, _, _ = _head_probs(q, k, seed, h, d, rate, mask_zero)
     o_ref[0, :, cols] = jnp.dot(dropped, v, preferred_element_type=jnp.float32
                                 ).astype(o_ref.dtype)
 
 
-def _backward_kernel(seeds_ref, q_ref, k_ref, v_ref, do_ref, dq_ref, dk_ref, dv_ref, *,
-                     heads, rate, mask_zero):
-  c = q_ref.shape[-1]
+def _backward_kernel(seeds_ref, qkv_ref, do_ref, dqkv_ref, *, heads, rate, mask_zero):
+  c = do_ref.shape[-1]
   d = c // heads
   seed = seeds_ref[pl_program_id()].astype(jnp.uint32) if rate > 0 else None
   contract_rows = (((0,), (0,)), ((), ()))  # A^T B
   for h in range(heads):
-    cols = slice(h * d, (h + 1) * d)
-    q, k, v, do = q_ref[0, :, cols], k_ref[0, :, cols], v_ref[0, :, cols], do_ref[0, :, cols]
+    q_cols, k_cols, v_cols = _columns(c, d, h)
+    q, k, v = (qkv_ref[0, :, x] for x in (q_cols, k_cols, v_cols))
+    do = do_ref[0, :, slice(h * d, (h + 1) * d)]
     p, dropped, keep, zero = _head_probs(q, k, seed, h, d, rate, mask_zero)
-    dv_ref[0, :, cols] = jax.lax.dot_general(dropped, do, contract_rows,
-                                             preferred_element_type=jnp.float32
-                                             ).astype(dv_ref.dtype)
+    dqkv_ref[0, :, v_cols] = jax.lax.dot_general(dropped, do, contract_rows,
+                                                 preferred_element_type=jnp.float32
+                                                 ).astype(dqkv_ref.dtype)
     dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())),
                              preferred_element_type=jnp.float32)
     if keep is not None:
@@ -154,11 +162,11 @@ def _backward_kernel(seeds_ref, q_ref, k_ref, v_ref, do_ref, dq_ref, dk_ref, dv_
     if zero is not None:
       ds = jnp.where(zero, 0.0, ds)
     ds = (ds / math.sqrt(d)).astype(q.dtype)
-    dq_ref[0, :, cols] = jnp.dot(ds, k, preferred_element_type=jnp.float32
-                                 ).astype(dq_ref.dtype)
-    dk_ref[0, :, cols] = jax.lax.dot_general(ds, q, contract_rows,
-                                             preferred_element_type=jnp.float32
-                                             ).astype(dk_ref.dtype)
+    dqkv_ref[0, :, q_cols] = jnp.dot(ds, k, preferred_element_type=jnp.float32
+                                     ).astype(dqkv_ref.dtype)
+    dqkv_ref[0, :, k_cols] = jax.lax.dot_general(ds, q, contract_rows,
+                                                 preferred_element_type=jnp.float32
+                                                 ).astype(dqkv_ref.dtype)
 
 
 def pl_program_id():
@@ -172,70 +180,76 @@ def pl_program_id():
 _MATMULS = {"forward": 2, "backward": 5}
 
 
-def _call(kernel, inputs: list[jax.Array], seeds: jax.Array, num_outputs: int,
-          interpret: bool, **params) -> tuple[jax.Array, ...]:
-  """One kernel invocation per image: blocks [1, R, C] of every input and output. Its cost
-  is given to XLA (``CostEstimate``: FLOP, exp calls, HBM bytes of the blocks), which
-  cannot see into a kernel, so that ``main compile`` counts it."""
+def _call(kernel, qkv: jax.Array, seeds: jax.Array, d_out: jax.Array | None,
+          interpret: bool, **params) -> jax.Array:
+  """One kernel invocation per image: the forward (qkv [B, R, 3C] -> out [B, R, C]) or,
+  given ``d_out`` [B, R, C], the backward (-> d qkv [B, R, 3C]). Its cost is given to XLA
+  (``CostEstimate``: FLOP, exp calls, HBM bytes of the blocks), which cannot see into a
+  kernel, so that ``main compile`` counts it."""
   from jax.experimental import pallas as pl  # pylint: disable=import-outside-toplevel
   from jax.experimental.pallas import tpu as pltpu  # pylint: disable=import-outside-toplevel
-  b, r, c = inputs[0].shape
-  block = pl.BlockSpec((1, r, c), lambda i: (i, 0, 0))
-  seeds_spec = pl.BlockSpec(memory_space=pltpu.SMEM)
-  out_shape = [jax.ShapeDtypeStruct((b, r, c), inputs[0].dtype)] * num_outputs
-  matmuls = _MATMULS["forward" if num_outputs == 1 else "backward"]
+  b, r, c3 = qkv.shape
+  c = c3 // 3
+  block = lambda width: pl.BlockSpec((1, r, width), lambda i: (i, 0, 0))  # noqa: E731
+  inputs, in_specs = [seeds, qkv], [pl.BlockSpec(memory_space=pltpu.SMEM), block(c3)]
+  if d_out is not None:
+    inputs.append(d_out.astype(qkv.dtype))
+    in_specs.append(block(c))
+  width = c if d_out is None else c3
+  # matmuls per (image, head, query, key, channel): forward q k^T and p v; backward the
+  # recomputed q k^T, dv, dp, dq and dk
+  matmuls = 2 if d_out is None else 5
   cost = pl.CostEstimate(
       flops=2 * matmuls * b * r * r * c, transcendentals=b * params["heads"] * r * r,
-      bytes_accessed=(len(inputs) + num_outputs) * b * r * c * inputs[0].dtype.itemsize
+      bytes_accessed=(c3 + width + (0 if d_out is None else c)) * b * r * qkv.dtype.itemsize
       + seeds.size * 4)
   extra = {} if interpret else {"compiler_params": pltpu.CompilerParams(
       dimension_semantics=("parallel",))}
-  return tuple(pl.pallas_call(
-      functools.partial(kernel, **params), grid=(b,),
-      in_specs=[seeds_spec] + [block] * len(inputs), out_specs=[block] * num_outputs,
-      out_shape=out_shape, interpret=interpret, cost_estimate=cost, **extra)(seeds, *inputs))
+  return pl.pallas_call(
+      functools.partial(kernel, **params), grid=(b,), in_specs=in_specs,
+      out_specs=block(width), out_shape=jax.ShapeDtypeStruct((b, r, width), qkv.dtype),
+      interpret=interpret, cost_estimate=cost, **extra)(*inputs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def attend_pallas(q, k, v, seeds, heads: int, rate: float, mask_zero: bool,
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def attend_pallas(qkv, seeds, heads: int, rate: float, mask_zero: bool,
                   interpret: bool = False):
   """The Pallas form of ``attend_xla`` (one image per kernel step; seeds [B] uint32, zeros
   when ``rate == 0``). ``interpret=True`` runs the kernels in Pallas' interpreter (any
   platform; tests)."""
-  return _call(_forward_kernel, [q, k, v], seeds, 1, interpret, heads=heads, rate=rate,
-               mask_zero=mask_zero)[0]
+  return _call(_forward_kernel, qkv, seeds, None, interpret, heads=heads, rate=rate,
+               mask_zero=mask_zero)
 
 
-def _pallas_forward(q, k, v, seeds, heads, rate, mask_zero, interpret):
-  out = attend_pallas(q, k, v, seeds, heads, rate, mask_zero, interpret)
-  return out, (q, k, v, seeds)
+def _pallas_forward(qkv, seeds, heads, rate, mask_zero, interpret):
+  return attend_pallas(qkv, seeds, heads, rate, mask_zero, interpret), (qkv, seeds)
 
 
 def _pallas_backward(heads, rate, mask_zero, interpret, residuals, d_out):
-  q, k, v, seeds = residuals
-  dq, dk, dv = _call(_backward_kernel, [q, k, v, d_out.astype(q.dtype)], seeds, 3, interpret,
-                     heads=heads, rate=rate, mask_zero=mask_zero)
-  return dq, dk, dv, np.zeros(seeds.shape, jax.dtypes.float0)
+  qkv, seeds = residuals
+  d_qkv = _call(_backward_kernel, qkv, seeds, d_out, interpret, heads=heads, rate=rate,
+                mask_zero=mask_zero)
+  return d_qkv, np.zeros(seeds.shape, jax.dtypes.float0)
 
 
 attend_pallas.defvjp(_pallas_forward, _pallas_backward)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, seeds: jax.Array | None, *,
-           heads: int, rate: float, mask_zero: bool) -> jax.Array:
-  """q, k, v: [B, R, heads*d]; seeds [B] uint32 or None (no dropout) -> [B, R, heads*d].
+def attend(qkv: jax.Array, seeds: jax.Array | None, *, heads: int, rate: float,
+           mask_zero: bool) -> jax.Array:
+  """qkv: [B, R, 3C] (q, k, v: C = heads*d channels each); seeds [B] uint32 or None (no
+  dropout) -> [B, R, C].
 
   On TPU (the platform of the active mesh, else the default backend) the Pallas kernels,
   run per data shard (``shard_map`` over the mesh's 'data' axis); elsewhere ``attend_xla``.
   """
-  if q.shape[-1] % heads:
-    raise ValueError(f"channels {q.shape[-1]} must be divisible by heads={heads}")
+  if qkv.shape[-1] % (3 * heads):
+    raise ValueError(f"qkv has {qkv.shape[-1]} channels: expected 3 x heads ({heads}) x d")
   if not layers.compiling_for_tpu():
-    return attend_xla(q, k, v, seeds, heads=heads, rate=rate, mask_zero=mask_zero)
+    return attend_xla(qkv, seeds, heads=heads, rate=rate, mask_zero=mask_zero)
   rate = rate if seeds is not None else 0.0
   if seeds is None:
-    seeds = jnp.zeros((q.shape[0],), jnp.uint32)
-  run = lambda q, k, v, s: attend_pallas(q, k, v, s, heads, float(rate),  # noqa: E731
-                                         bool(mask_zero))
-  spec = P(layers.data_axis_for(q.shape[0]))
-  return layers.per_shard(run, (spec,) * 4, spec)(q, k, v, seeds.astype(jnp.uint32))
+    seeds = jnp.zeros((qkv.shape[0],), jnp.uint32)
+  run = lambda x, s: attend_pallas(x, s, heads, float(rate), bool(mask_zero))  # noqa: E731
+  spec = P(layers.data_axis_for(qkv.shape[0]))
+  return layers.per_shard(run, (spec, spec), spec)(qkv, seeds.astype(jnp.uint32))
