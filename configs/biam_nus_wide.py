@@ -45,7 +45,7 @@ train80); for the phases also
 select_epochs (40), finetune_epochs (5), val_after (3), val_every (2), test_every (10).
 """
 
-from mlzsl_jax.config_base import base_config, parse_arg, set_backbone
+from mlzsl_jax.config_base import FSDP_PARTITION_RULES, base_config, parse_arg, set_backbone
 from mlzsl_jax.models import biam
 
 NUM_SEEN, NUM_UNSEEN = 925, 81
@@ -97,6 +97,9 @@ def get_config(arg: str | None = None):
   c.optimizer.warmup_epochs = 3
   c.optimizer.lr_min = 5e-4
   c.train.batch_size = 32
+  # parameters and Adam's state split over the data axis too (FSDP; config_base): less
+  # HBM traffic per chip on a slice, identical on one device
+  c.mesh.partition_rules = FSDP_PARTITION_RULES
   c.train.num_epochs = 40
   c.train.drop_images_without_positive = True
   c.train.log_every_steps = 500
