@@ -18,7 +18,7 @@ the extract backbones).
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -53,10 +53,14 @@ def read_picture(path: str, mode: str) -> np.ndarray:
     raise ValueError(f"{path}: cannot read as an image (PNG / JPEG): {e}") from e
 
 
-def check_picture_size(path: str, picture: np.ndarray, want, what: str) -> None:
+def read_sized_picture(path: str, mode: str, want: Sequence[int], what: str) -> np.ndarray:
+  """``read_picture``, then ValueError unless its shape is ``want`` ([H, W] or [H, W, 3]);
+  ``what`` describes the image expected ("grey digits_mosaic")."""
+  picture = read_picture(path, mode)
   if tuple(picture.shape) != tuple(want):
     raise ValueError(f"{path}: expected a {what} image of shape {list(want)}, got "
                      f"{list(picture.shape)}")
+  return picture
 
 
 _ARTICLES = {"a", "an", "the"}
@@ -66,3 +70,22 @@ def name_words(name: str) -> list[str]:
   """A label name's words for word-based embedders: lower case, commas as spaces, articles
   dropped ("a red three" -> ["red", "three"])."""
   return [w for w in name.lower().replace(",", " ").split() if w not in _ARTICLES]
+
+
+def embed_attribute_words(names: Sequence[str], width: int,
+                          add_word: Callable[[np.ndarray, str], bool], expected: str,
+                          known: str) -> np.ndarray:
+  """An 'attributes' embedder's rows: float32 [len(names), width], zeros, then for each word
+  of ``name_words(name)`` ``add_word(row [width], word)`` sets the row (in place; False: a
+  word it does not know). Not normalised. ValueError for a name without words ("expected
+  <expected>") or with an unknown word ("it knows <known>")."""
+  out = np.zeros((len(names), width), np.float32)
+  for row, name in enumerate(names):
+    words = name_words(name)
+    if not words:
+      raise ValueError(f"label name {name!r}: empty; expected {expected}")
+    for w in words:
+      if not add_word(out[row], w):
+        raise ValueError(f"label name {name!r}: the 'attributes' source cannot embed the word "
+                         f"{w!r}; it knows {known}")
+  return out

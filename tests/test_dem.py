@@ -19,6 +19,7 @@ from mlzsl_jax import train
 from mlzsl_jax.config_base import base_config
 from mlzsl_jax.data.source import DatasetMeta
 from mlzsl_jax.models import dem, get_model_builder
+from references import train_steps
 
 VOCAB = 13
 
@@ -336,14 +337,9 @@ def _batch(seed):
 
 def _run_steps(mesh, n_steps=2):
   trainer = step_lib.Trainer(_fusion_train_config(), _fusion_meta(), mesh, steps_per_epoch=1)
-  state = trainer.init_state()
-  emb = jax.device_put(trainer.emb_seen, trainer.repl)
-  out = []
-  for i in range(n_steps):
-    batch = shd.host_to_global(_batch(i), trainer.batch_sharding)
-    state, metrics = trainer.train_step(state, batch, emb)
-    out.append({k: float(metrics[k]) for k in ("loss", "embedding_loss", "regularizer")})
-  return out, jax.device_get(state.params)
+  state, metrics = train_steps(trainer, _batch, n_steps)
+  keys = ("loss", "embedding_loss", "regularizer")
+  return [{k: float(m[k]) for k in keys} for m in metrics], jax.device_get(state.params)
 
 
 def test_fusion_train_step_same_on_one_device_eight_devices_and_4x2_mesh():

@@ -12,12 +12,10 @@ from mlzsl_jax import step as step_lib
 from mlzsl_jax import losses
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
-from mlzsl_jax.config_base import base_config
-from mlzsl_jax.data.source import DatasetMeta
 from mlzsl_jax.models import attention_per_label as apl
 from mlzsl_jax.models import biam, layers
 from mlzsl_jax.models.biam import BiAM
-from references import ranking_loss_ref
+from references import ranking_loss_ref, tiny_batch, tiny_biam_config, tiny_meta, train_steps
 
 GRID = (3, 4)
 
@@ -200,48 +198,16 @@ def test_sorted_ranking_loss_is_registered_and_exact_at_a_few_thousand_labels():
 # ----------------------------------------------------------------- sharding
 
 def tiny_config(label_chunk, loss):
-  c = base_config()
-  c.data.name = "none"
-  c.data.embedding = "random"
-  c.data.seen_labels = tuple(range(7))
-  c.data.unseen_labels = (7, 8, 9)
-  c.model.channels = 8
-  c.model.heads = 2
-  c.model.out_dim = 8
-  c.model.top_k = 3
+  c = tiny_biam_config()
   c.model.label_chunk = label_chunk
   c.loss.name = loss
-  c.train.batch_size = 8
   return c
-
-
-def tiny_meta():
-  rng = np.random.default_rng(0)
-  emb = rng.normal(size=(10, 6)).astype(np.float32)
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  return DatasetMeta(name="tiny", label_names=tuple(map(str, range(10))),
-                     embeddings={"random": emb}, grid_shape=(4, 4), feature_dim=10,
-                     scene_dim=12, num_examples={"train": 8})
-
-
-def tiny_batch(seed):
-  rng = np.random.default_rng(seed)
-  labels = rng.choice([-1, 0, 1], size=(8, 7)).astype(np.int8)
-  labels[:, 0] = 1
-  return {"features": rng.normal(size=(8, 16, 10)).astype(np.float16),
-          "labels": labels, "scene": rng.normal(size=(8, 12)).astype(np.float16)}
 
 
 def run_steps(mesh, label_chunk, loss, n_steps=2):
   trainer = step_lib.Trainer(tiny_config(label_chunk, loss), tiny_meta(), mesh, steps_per_epoch=1)
-  state = trainer.init_state()
-  emb = jax.device_put(trainer.emb_seen, trainer.repl)
-  out = []
-  for i in range(n_steps):
-    batch = shd.host_to_global(tiny_batch(i), trainer.batch_sharding)
-    state, metrics = trainer.train_step(state, batch, emb)
-    out.append(float(metrics["loss"]))
-  return out, jax.device_get(state.params)
+  state, metrics = train_steps(trainer, lambda i: tiny_batch(i, states=(-1, 0, 1)), n_steps)
+  return [float(m["loss"]) for m in metrics], jax.device_get(state.params)
 
 
 def test_chunked_sorted_train_step_same_on_one_device_and_4x2_mesh():

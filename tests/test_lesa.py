@@ -13,11 +13,9 @@ from mlzsl_jax import step as step_lib
 from mlzsl_jax import losses
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
-from mlzsl_jax.config_base import base_config
-from mlzsl_jax.data.source import DatasetMeta
 from mlzsl_jax.models import attention_per_label as apl
 from mlzsl_jax.models import get_model_builder, lesa
-from references import ranking_loss_ref
+from references import ranking_loss_ref, tiny_batch, tiny_config, tiny_meta, train_steps
 
 BN_EPS = 1e-3
 GRID = (3, 4)
@@ -308,11 +306,7 @@ def test_attention_per_label_forward_matches_reference(seed, share, conv):
 # ----------------------------------------------------------------- sharded == unsharded
 
 def _tiny_config(module):
-  c = base_config()
-  c.data.name = "none"
-  c.data.embedding = "random"
-  c.data.seen_labels = tuple(range(7))
-  c.data.unseen_labels = (7, 8, 9)
+  c = tiny_config()
   c.model = module.model_config()
   c.model.conv_channels = 8
   c.model.conv_l2_in_loss = True  # exercise the regularizer path too
@@ -324,35 +318,14 @@ def _tiny_config(module):
   c.optimizer.b1, c.optimizer.b2, c.optimizer.eps = 0.9, 0.9, 1.0
   c.optimizer.weight_decay = 0.0
   c.optimizer.schedule = "constant"
-  c.train.batch_size = 8
   return c
 
 
-def _tiny_meta():
-  rng = np.random.default_rng(0)
-  emb = rng.normal(size=(10, 6)).astype(np.float32)
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  return DatasetMeta(name="tiny", label_names=tuple(map(str, range(10))),
-                     embeddings={"random": emb}, grid_shape=(4, 4), feature_dim=10,
-                     scene_dim=0, num_examples={"train": 8})
-
-
-def _tiny_batch(seed):
-  rng = np.random.default_rng(seed)
-  labels = rng.choice([-1, 0, 1], size=(8, 7)).astype(np.int8)
-  labels[:, 0] = 1
-  return {"features": rng.normal(size=(8, 16, 10)).astype(np.float16), "labels": labels}
-
-
 def _run_steps(trainer, n_steps=2):
-  state = trainer.init_state()
-  emb = jax.device_put(trainer.emb_seen, trainer.repl)
-  losses_ = []
-  for i in range(n_steps):
-    batch = shd.host_to_global(_tiny_batch(i), trainer.batch_sharding)
-    state, metrics = trainer.train_step(state, batch, emb)
-    losses_.append(float(metrics["loss"]))
-  return losses_, jax.device_get(state.params), jax.device_get(state.model_state), metrics
+  state, metrics = train_steps(
+      trainer, lambda i: tiny_batch(i, states=(-1, 0, 1), scene_dim=0), n_steps)
+  return ([float(m["loss"]) for m in metrics], jax.device_get(state.params),
+          jax.device_get(state.model_state), metrics[-1])
 
 
 @pytest.fixture(scope="module", params=["lesa", "attention_per_label"])
@@ -360,7 +333,8 @@ def trainers(request):
   module = {"lesa": lesa, "attention_per_label": apl}[request.param]
   meshes = {"1": shd.make_mesh(devices=jax.devices()[:1]), "8x1": shd.make_mesh(8, 1),
             "4x2": shd.make_mesh(4, 2)}
-  return {k: step_lib.Trainer(_tiny_config(module), _tiny_meta(), m, steps_per_epoch=1)
+  return {k: step_lib.Trainer(_tiny_config(module), tiny_meta(scene_dim=0), m,
+                              steps_per_epoch=1)
           for k, m in meshes.items()}
 
 

@@ -13,8 +13,9 @@ from mlzsl_jax import losses
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
 from mlzsl_jax.config_base import base_config
-from mlzsl_jax.data.source import DatasetMeta
 from mlzsl_jax.models import conse, fast0tag, get_model_builder, labelem, pooled
+from references import tiny_config as tiny_data_config
+from references import tiny_batch, tiny_meta, train_steps
 
 B, R, C, E = 4, 5, 6, 3
 
@@ -287,27 +288,13 @@ def test_harmonic_numbers():
 
 # ----------------------------------------------------------------- sharded == unsharded
 
-SEEN, UNSEEN = tuple(range(7)), (7, 8, 9)
-
-
-def tiny_meta():
-  rng = np.random.default_rng(0)
-  emb = rng.normal(size=(10, 6)).astype(np.float32)
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  return DatasetMeta(name="tiny", label_names=tuple(map(str, range(10))),
-                     embeddings={"random": emb}, grid_shape=(4, 4), feature_dim=10,
-                     scene_dim=0, num_examples={"train": 8})
+SEEN = tuple(range(7))  # the seen labels of references.tiny_config
 
 
 def tiny_config(module):
-  c = base_config()
-  c.data.name = "none"
-  c.data.embedding = "random"
-  c.data.seen_labels = SEEN
-  c.data.unseen_labels = UNSEEN
+  c = tiny_data_config()
   c.model = module.model_config()
   c.loss = module.loss_config()
-  c.train.batch_size = 8
   if module is fast0tag:
     c.model.hidden_sizes = (8,)
   if module is conse:
@@ -315,13 +302,6 @@ def tiny_config(module):
     c.model.hidden_sizes = (8,)
     c.model.top_t = 3
   return c
-
-
-def tiny_batch(seed):
-  rng = np.random.default_rng(seed)
-  labels = rng.choice([-1, 1], size=(8, 7)).astype(np.int8)
-  labels[:, 0] = 1
-  return {"features": rng.normal(size=(8, 16, 10)).astype(np.float16), "labels": labels}
 
 
 def _name(module):
@@ -338,15 +318,11 @@ def runs():
   out = {}
   for module in (fast0tag, conse, labelem):
     for mesh_name, make in MESHES.items():
-      trainer = step_lib.Trainer(tiny_config(module), tiny_meta(), make(), steps_per_epoch=1)
-      state = trainer.init_state()
-      emb = jax.device_put(trainer.emb_seen, trainer.repl)
-      step_losses = []
-      for i in range(2):
-        batch = shd.host_to_global(tiny_batch(i), trainer.batch_sharding)
-        state, metrics = trainer.train_step(state, batch, emb)
-        step_losses.append(float(metrics["loss"]))
-      batch = shd.host_to_global({"features": tiny_batch(5)["features"]},
+      trainer = step_lib.Trainer(tiny_config(module), tiny_meta(scene_dim=0), make(),
+                                 steps_per_epoch=1)
+      state, metrics = train_steps(trainer, lambda i: tiny_batch(i, scene_dim=0))
+      step_losses = [float(m["loss"]) for m in metrics]
+      batch = shd.host_to_global({"features": tiny_batch(5, scene_dim=0)["features"]},
                                  trainer.batch_sharding)
       pred = trainer.predict(state.params, state.model_state, batch,
                              (jax.device_put(trainer.emb_unseen, trainer.repl),))[0]

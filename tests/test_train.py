@@ -12,51 +12,15 @@ from mlzsl_jax import workdir as wd
 from mlzsl_jax import step as step_lib
 from mlzsl_jax import sharding as shd
 from mlzsl_jax import train
-from mlzsl_jax.config_base import base_config
-from mlzsl_jax.data.source import DatasetMeta
-
-
-def tiny_config():
-  c = base_config()
-  c.data.name = "none"
-  c.data.embedding = "random"
-  c.data.seen_labels = tuple(range(7))
-  c.data.unseen_labels = (7, 8, 9)
-  c.model.channels = 8
-  c.model.heads = 2
-  c.model.out_dim = 8
-  c.model.top_k = 3
-  c.train.batch_size = 8
-  return c
-
-
-def tiny_meta(scene_dim=12):
-  rng = np.random.default_rng(0)
-  emb = rng.normal(size=(10, 6)).astype(np.float32)
-  emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-  return DatasetMeta(name="tiny", label_names=tuple(map(str, range(10))),
-                     embeddings={"random": emb}, grid_shape=(4, 4), feature_dim=10,
-                     scene_dim=scene_dim, num_examples={"train": 8})
-
-
-def tiny_batch(seed=0):
-  rng = np.random.default_rng(seed)
-  labels = rng.choice([-1, 1], size=(8, 7)).astype(np.int8)
-  labels[:, 0] = 1
-  return {"features": rng.normal(size=(8, 16, 10)).astype(np.float16),
-          "labels": labels, "scene": rng.normal(size=(8, 12)).astype(np.float16)}
+from references import tiny_batch, tiny_meta, train_steps
+from references import tiny_biam_config as tiny_config
 
 
 def run_steps(mesh, n_steps=2):
   trainer = step_lib.Trainer(tiny_config(), tiny_meta(), mesh, steps_per_epoch=1)
-  state = trainer.init_state()
-  emb = jax.device_put(trainer.emb_seen, trainer.repl)
-  losses = []
-  for i in range(n_steps):
-    batch = shd.host_to_global(tiny_batch(i), trainer.batch_sharding)
-    state, metrics = trainer.train_step(state, batch, emb)
-    losses.append(float(metrics["loss"]))
-  return losses, jax.device_get(state.params), jax.device_get(state.model_state)
+  state, metrics = train_steps(trainer, tiny_batch, n_steps)
+  return ([float(m["loss"]) for m in metrics], jax.device_get(state.params),
+          jax.device_get(state.model_state))
 
 
 def test_one_device_eight_devices_and_4x2_mesh_agree():

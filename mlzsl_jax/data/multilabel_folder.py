@@ -252,7 +252,7 @@ class MultilabelFolder(tfds_common.LocalBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     grid, dim, _ = _layout(self.backbone())
     return tfds.core.DatasetInfo(
-        builder=self, description=__doc__.split("\n\n")[0],
+        builder=self, description=self.summary(),
         features=tfds_common.region_example_features(grid[0] * grid[1], dim, scene=True),
         metadata=tfds.core.MetadataDict(), disable_shuffling=True)
 
@@ -265,8 +265,7 @@ class MultilabelFolder(tfds_common.LocalBuilder):
     grid, dim, scene_dim = _layout(self.backbone())
     self.info.metadata.update({
         "label_names": list(index.label_names),
-        "seen_labels": list(range(index.num_seen)),
-        "unseen_labels": list(range(index.num_seen, len(index.label_names))),
+        **tfds_common.label_split_fields(index.num_seen, len(index.label_names)),
         "grid_shape": list(grid), "feature_dim": dim, "scene_dim": scene_dim,
         "embeddings": {}, "source_fingerprint": index.fingerprint,
         "manual_dir": index.root, "features_dir": features.out_dir,

@@ -80,7 +80,7 @@ from mlzsl_jax.data import embeddings as emb_lib
 from mlzsl_jax.data import extracted
 from mlzsl_jax.data import restricted_pickle
 from mlzsl_jax.data import tfds_common
-from mlzsl_jax.data.source import (DatasetMeta, meta_from_tfds, register_dataset,
+from mlzsl_jax.data.source import (DatasetMeta, NamedLabels, meta_from_tfds, register_dataset,
                                    register_dataset_shapes, shapes_meta)
 
 TRAIN_H5 = os.path.join("features", "nus_wide_train.h5")
@@ -125,7 +125,7 @@ MANUAL_DOWNLOAD_INSTRUCTIONS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class NusWideIndex:
+class NusWideIndex(NamedLabels):
   """Everything but the per-image arrays, read and validated.
 
   Attributes:
@@ -146,10 +146,6 @@ class NusWideIndex:
   embeddings: np.ndarray
   image_names: dict[str, tuple[str, ...]]
   unlisted_entries: dict[str, int]
-
-  @property
-  def num_labels(self) -> int:
-    return len(self.label_names)
 
   @property
   def num_unseen(self) -> int:
@@ -250,19 +246,20 @@ def read_image_names(path: str) -> list[str]:
     raise ValueError(f"{path}: key {NAMES_KEY!r} must be a non-empty list of image names, got "
                      f"{type(names).__name__}" + (f" of length {len(names)}"
                                                    if hasattr(names, "__len__") else ""))
-  first: dict[str, int] = {}
-  for i, name in enumerate(names):
-    if isinstance(name, bytes):
-      raise ValueError(f"{path}: key {NAMES_KEY!r} entry {i} is bytes ({name[:60]!r}); "
-                       f"expected str names")
-    if not isinstance(name, str) or not name:
-      raise ValueError(f"{path}: key {NAMES_KEY!r} entry {i} must be a non-empty str, got "
-                       f"{name!r}")
-    if name in first:
-      raise ValueError(f"{path}: key {NAMES_KEY!r} lists image {name!r} twice (entries "
-                       f"{first[name]} and {i})")
-    first[name] = i
+  tfds_common.check_unique_entries(
+      path, names, _name_fault,
+      lambda name, first, i: f"key {NAMES_KEY!r} lists image {name!r} twice (entries {first} "
+                             f"and {i})")
   return list(names)
+
+
+def _name_fault(i: int, name: Any) -> str:
+  """Why entry ``i`` of a name list is not an image name ('' when it is one)."""
+  if isinstance(name, bytes):
+    return f"key {NAMES_KEY!r} entry {i} is bytes ({name[:60]!r}); expected str names"
+  if not isinstance(name, str) or not name:
+    return f"key {NAMES_KEY!r} entry {i} must be a non-empty str, got {name!r}"
+  return ""
 
 
 def open_h5(path: str):
@@ -501,8 +498,7 @@ def metadata(index: NusWideIndex, scene: tfds_common.SceneSource | None = None
   out = {
       "label_names": list(index.label_names),
       "tag_list_rows": list(index.tag_list_rows),
-      "seen_labels": list(range(s)),
-      "unseen_labels": list(range(s, c)),
+      **tfds_common.label_split_fields(s, c),
       "grid_shape": list(GRID_SHAPE),
       "feature_dim": FEATURE_DIM,
       "scene_dim": 0,
@@ -541,36 +537,19 @@ def _warn_if_unofficial(index: NusWideIndex) -> None:
 
 # ------------------------------------------------------------------ tfds builder
 
-class NusWide(tfds_common.LocalBuilder):
-  """tfds builder over the official BiAM NUS-WIDE files; see the module docstring."""
+class NusWide(tfds_common.RegionBuilder):
+  """tfds builder over the official BiAM NUS-WIDE files; see the module docstring. Records
+  in the order of the name lists; SCENE: ``NusWideVgg19Scene``, EXTRACTED:
+  ``NusWideExtracted``."""
 
   VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-
-
-  SCENE = False  # True: the vgg19_scene config (NusWideVgg19Scene)
-  EXTRACTED = False  # True: features + scene of an extract run (NusWideExtracted)
-
-  def feature_layout(self) -> tuple[tuple[int, int], int, int]:
-    """(grid_shape, feature_dim, scene_dim) of what this builder stores."""
-    return GRID_SHAPE, FEATURE_DIM, 0
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    grid, dim, _ = self.feature_layout()
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.split("\n\n")[0],
-        features=tfds_common.region_example_features(grid[0] * grid[1], dim,
-                                                     self.SCENE or self.EXTRACTED),
-        metadata=tfds.core.MetadataDict(),
-        disable_shuffling=True,  # records stay in the order of the name lists
-    )
+  GRID_SHAPE, FEATURE_DIM, CONFIG_FILE = GRID_SHAPE, FEATURE_DIM, CONFIG_FILE  # the module's
 
   # (source_dir, NusWideIndex) already validated by ``prepare``, so a bad file fails before
   # tfds creates anything under data_dir.
   _preloaded: tuple[str, NusWideIndex] | None = None
-  _scene: tfds_common.SceneSource | None = None  # the loaded head, set by ``prepare``
   _features: extracted.ExtractedFeatures | None = None  # an extract run, set by ``prepare``
 
   def _split_generators(self, dl_manager):
@@ -579,13 +558,7 @@ class NusWide(tfds_common.LocalBuilder):
       index = self._preloaded[1]
     else:
       index = load_index(source_dir, features=not self.EXTRACTED)
-    if self.EXTRACTED and self._features is None:
-      raise ValueError(f"nus_wide ({self.builder_config.name}): not prepared under "
-                       f"{os.fspath(self.data_dir_root)!r}; prepare it with "
-                       "data.features_dir = the extract --out_dir")
-    if self.SCENE and self._scene is None:
-      raise tfds_common.missing_scene_error("nus_wide", os.fspath(self.data_dir_root),
-                                            CONFIG_FILE)
+    self.check_prepared_parts(self._features is not None)
     _warn_if_unofficial(index)
     scene = self._scene if self.SCENE else None
     self.info.metadata.update(metadata(index, scene))
@@ -620,9 +593,6 @@ class NusWideExtracted(NusWide, skip_registration=True):
 
   name = "nus_wide"
   EXTRACTED = True
-
-  def feature_layout(self) -> tuple[tuple[int, int], int, int]:
-    return extracted.extracted_layout(self.builder_config.name)
 
 
 def extracted_metadata(builder: NusWide, features: extracted.ExtractedFeatures
@@ -711,18 +681,10 @@ class NusWideSource:
 
 
 def _check_fingerprint(builder: NusWide, source_dir: str) -> None:
-  """ValueError when the files in ``source_dir`` differ from those the dataset was built from."""
-  stored = builder.info.metadata.get("source_files", {})
-  for name in SOURCE_FILES:
-    want = stored.get(name)
-    if want is None:
-      continue
-    path = os.path.join(source_dir, name)
-    if (os.path.getsize(path) != want["bytes"]
-        or tfds_common.file_fingerprint(path, "sha256" in want) != want):
-      raise ValueError(
-          f"{path}: differs from the file the prepared dataset at {builder.data_dir} was "
-          f"built from ({want}); delete that folder to rebuild, or set another data.data_dir")
+  """ValueError when the files in ``source_dir`` differ from those the dataset was built from
+  (the h5 files: size only)."""
+  tfds_common.check_source_files(
+      builder, {name: os.path.join(source_dir, name) for name in SOURCE_FILES}, label="")
 
 
 def prepare(manual_dir: str = "", data_dir: str | None = None, scene: str = "none",
@@ -824,10 +786,7 @@ def nus_wide_factory(data_config) -> NusWideSource:
   the dataset is prepared), data.data_dir, data.scene ('none' / 'vgg19') and
   data.scene_weights (the torchvision VGG19 file; needed to build the 'vgg19' dataset),
   prepares the tfds dataset if needed, returns its ``DatasetSource``."""
-  manual_dir = data_config.get("manual_dir", "") or ""
-  if not isinstance(manual_dir, str):
-    raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
-                     f"{manual_dir!r}")
+  manual_dir = tfds_common.manual_dir_option(data_config)
   scene, scene_weights = tfds_common.scene_option(data_config)
   backbone, features_dir = extracted.backbone_option(data_config)
   return NusWideSource(prepare(manual_dir, data_config.get("data_dir", None) or None,
@@ -842,12 +801,8 @@ def nus_wide_shapes(data_config) -> DatasetMeta:
   """The official release's sizes (no file read): 925 + 81 labels, GloVe 300, [196, 512]
   regions, the scene feature's 4096 with data.scene='vgg19', the official split sizes."""
   num_seen, num_unseen, num_train, num_test = OFFICIAL_SIZES
-  scene, _ = tfds_common.scene_option(data_config)
-  backbone, _ = extracted.backbone_option(data_config)
-  grid, dim, scene_dim = ((GRID_SHAPE, FEATURE_DIM, 4096 if scene == "vgg19" else 0)
-                          if backbone == "vgg19" else extracted.extracted_layout(backbone))
+  grid, dim, scene_dim, clip_dim = NusWide.config_layout(data_config)
   k = train80_size(num_train)
-  clip_dim = extracted.extracted_layout("clip_vit_b16")[1] if backbone == "vgg19" else dim
   return shapes_meta(
       "nus_wide", num_seen + num_unseen, {EMBEDDING_SOURCE: 300, "clip": clip_dim}, grid, dim,
       scene_dim,

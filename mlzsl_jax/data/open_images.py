@@ -114,7 +114,7 @@ from tensorflow_datasets.core.utils import tqdm_utils
 
 from mlzsl_jax.data import extracted
 from mlzsl_jax.data import tfds_common
-from mlzsl_jax.data.source import (DatasetMeta, meta_from_tfds, register_dataset,
+from mlzsl_jax.data.source import (DatasetMeta, NamedLabels, meta_from_tfds, register_dataset,
                                    register_dataset_shapes, shapes_meta)
 
 if __name__ == "__main__":
@@ -160,7 +160,7 @@ MANUAL_DOWNLOAD_INSTRUCTIONS = (
 # ------------------------------------------------------------------ label files
 
 @dataclasses.dataclass(frozen=True)
-class LabelInfo:
+class LabelInfo(NamedLabels):
   """Validated label files, our label order (seen, then the evaluated unseen).
 
   Attributes:
@@ -185,10 +185,6 @@ class LabelInfo:
   def num_seen(self) -> int:
     return len(self.seen_mids)
 
-  @property
-  def num_labels(self) -> int:
-    return len(self.label_mids)
-
 
 def _require_file(path: str) -> str:
   if not os.path.isfile(path):
@@ -205,15 +201,13 @@ def _read_text(path: str) -> str:
 
 
 def _unique_mids(path: str, mids: Sequence[str], what: str) -> tuple[str, ...]:
-  seen: dict[str, int] = {}
-  for i, mid in enumerate(mids):
-    if not mid:
-      raise ValueError(f"{path}: entry {i} ({what}) is empty; expected a class MID like "
-                       f"'/m/0100nhbf'")
-    if mid in seen:
-      raise ValueError(f"{path}: MID {mid!r} appears twice (entries {seen[mid]} and {i}); "
-                       f"expected each {what} once")
-    seen[mid] = i
+  """``mids`` as a tuple; ValueError naming ``path`` at an empty or repeated MID."""
+  tfds_common.check_unique_entries(
+      path, mids,
+      lambda i, mid: "" if mid else (f"entry {i} ({what}) is empty; expected a class MID "
+                                     f"like '/m/0100nhbf'"),
+      lambda mid, first, i: f"MID {mid!r} appears twice (entries {first} and {i}); expected "
+                            f"each {what} once")
   return tuple(mids)
 
 
@@ -646,8 +640,7 @@ def metadata(labels: LabelInfo, splits: dict[str, SplitFiles], manual_dir: str,
   out = {
       "label_names": list(labels.label_names),
       "label_mids": list(labels.label_mids),
-      "seen_labels": list(range(s)),
-      "unseen_labels": list(range(s, n)),
+      **tfds_common.label_split_fields(s, n),
       "unseen_source_rows": [int(i) for i in labels.top_unseen],
       "grid_shape": list(GRID_SHAPE),
       "feature_dim": FEATURE_DIM,
@@ -726,34 +719,18 @@ def load_and_scan(manual_dir: str, features: extracted.ExtractedFeatures | None 
   return Prepared(manual_dir=manual_dir, labels=labels, splits=splits)
 
 
-class OpenImages(tfds_common.LocalBuilder):
-  """tfds builder over the official Open Images v4 files; see the module docstring."""
+class OpenImages(tfds_common.RegionBuilder):
+  """tfds builder over the official Open Images v4 files; see the module docstring. Records
+  in file order, then image-name order within a file; SCENE: ``OpenImagesVgg19Scene``,
+  EXTRACTED: ``OpenImagesExtracted``."""
 
   VERSION = tfds.core.Version(DATA_VERSION)
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-
-
-  SCENE = False  # True: the vgg19_scene config (OpenImagesVgg19Scene)
-  EXTRACTED = False  # True: features + scene of an extract run (OpenImagesExtracted)
-
-  def feature_layout(self) -> tuple[tuple[int, int], int, int]:
-    """(grid_shape, feature_dim, scene_dim) of what this builder stores."""
-    return GRID_SHAPE, FEATURE_DIM, 0
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    grid, dim, _ = self.feature_layout()
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=__doc__.split("\n\n")[0],
-        features=tfds_common.region_example_features(grid[0] * grid[1], dim,
-                                                     self.SCENE or self.EXTRACTED),
-        metadata=OpenImagesMetadata(),
-        disable_shuffling=True,  # file order, then image-name order within a file
-    )
+  GRID_SHAPE, FEATURE_DIM, CONFIG_FILE = GRID_SHAPE, FEATURE_DIM, CONFIG_FILE  # the module's
+  METADATA = OpenImagesMetadata
 
   _preloaded: Prepared | None = None  # set by ``prepare``: validated before tfds writes
-  _scene: tfds_common.SceneSource | None = None  # the loaded head, set by ``prepare``
   _features_dir: str = ""  # the extract folder (EXTRACTED), set by ``prepare``
   _use_beam: bool = False
 
@@ -764,13 +741,7 @@ class OpenImages(tfds_common.LocalBuilder):
 
   def _split_generators(self, dl_manager):
     manual_dir = os.fspath(dl_manager.manual_dir)
-    if self.SCENE and self._scene is None:
-      raise tfds_common.missing_scene_error("open_images", os.fspath(self.data_dir_root),
-                                            CONFIG_FILE)
-    if self.EXTRACTED and not self._features_dir:
-      raise ValueError(f"open_images ({self.builder_config.name}): not prepared under "
-                       f"{os.fspath(self.data_dir_root)!r}; prepare it with "
-                       "data.features_dir = the extract --out_dir")
+    self.check_prepared_parts(bool(self._features_dir))
     prepared = self._preloaded
     if prepared is None or prepared.manual_dir != manual_dir:
       prepared = load_and_scan(manual_dir, self._extracted_features())
@@ -825,9 +796,6 @@ class OpenImagesExtracted(OpenImages, skip_registration=True):
   name = "open_images"
   EXTRACTED = True
 
-  def feature_layout(self) -> tuple[tuple[int, int], int, int]:
-    return extracted.extracted_layout(self.builder_config.name)
-
 
 class OpenImagesVgg19Scene(OpenImages, skip_registration=True):
   """``open_images`` with the BiAM scene feature: builder config ``vgg19_scene`` (its own
@@ -869,19 +837,11 @@ class OpenImagesSource:
 
 
 def _check_sources(builder: OpenImages, manual_dir: str) -> None:
-  """ValueError when the label/embedding files differ from those the dataset was built from."""
-  stored = builder.info.metadata.get("source_files", {})
-  labels_dir = os.path.join(manual_dir, LABEL_DIR)
-  for name in (SEEN_FILE, UNSEEN_FILE, TOP_UNSEEN_FILE, DESCRIPTIONS_FILE):
-    want = stored.get(name)
-    path = os.path.join(labels_dir, name)
-    if want is None or not os.path.isfile(path):
-      continue
-    if os.path.getsize(path) != want["bytes"] or tfds_common.file_fingerprint(path) != want:
-      raise ValueError(
-          f"{path}: differs from the file the prepared dataset at {builder.data_dir} was "
-          f"built from (size/SHA-256 {want}); delete that folder to rebuild, or set another "
-          f"data.data_dir")
+  """ValueError when the label files there differ from those the dataset was built from."""
+  names = (SEEN_FILE, UNSEEN_FILE, TOP_UNSEEN_FILE, DESCRIPTIONS_FILE)
+  tfds_common.check_source_files(
+      builder, {name: os.path.join(manual_dir, LABEL_DIR, name) for name in names},
+      skip_missing=True)
 
 
 def prepare(manual_dir: str = "", data_dir: str | None = None, *,
@@ -975,11 +935,7 @@ def open_images_shapes(data_config) -> DatasetMeta:
   """The official release's label sizes (7186 seen + the 400 evaluated unseen), GloVe 300,
   [196, 512] regions, the scene's 4096 with data.scene='vgg19', image counts rounded."""
   num_seen, _, num_top = OFFICIAL_SIZES
-  scene, _ = tfds_common.scene_option(data_config)
-  backbone, _ = extracted.backbone_option(data_config)
-  grid, dim, scene_dim = ((GRID_SHAPE, FEATURE_DIM, 4096 if scene == "vgg19" else 0)
-                          if backbone == "vgg19" else extracted.extracted_layout(backbone))
-  clip_dim = extracted.extracted_layout("clip_vit_b16")[1] if backbone == "vgg19" else dim
+  grid, dim, scene_dim, clip_dim = OpenImages.config_layout(data_config)
   return shapes_meta("open_images", num_seen + num_top,
                      {EMBEDDING_SOURCE: 300, "clip": clip_dim}, grid, dim, scene_dim,
                      APPROX_IMAGES,
@@ -992,10 +948,7 @@ def open_images_factory(data_config) -> OpenImagesSource:
   data.scene ('none' / 'vgg19') and data.scene_weights (the torchvision VGG19 file; needed to
   build the 'vgg19' dataset), prepares the dataset if needed (plain path; for Beam run
   ``python -m mlzsl_jax.data.open_images ... --beam``), returns its ``DatasetSource``."""
-  manual_dir = data_config.get("manual_dir", "") or ""
-  if not isinstance(manual_dir, str):
-    raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
-                     f"{manual_dir!r}")
+  manual_dir = tfds_common.manual_dir_option(data_config)
   scene, scene_weights = tfds_common.scene_option(data_config)
   backbone, features_dir = extracted.backbone_option(data_config)
   return OpenImagesSource(prepare(manual_dir, data_config.get("data_dir", None) or None,

@@ -27,8 +27,16 @@ except ImportError:  # pragma: no cover
   tf = None
 
 
+class NamedLabels:
+  """Mixin of a record with ``label_names`` (one per label, in label order)."""
+
+  @property
+  def num_labels(self) -> int:
+    return len(self.label_names)
+
+
 @dataclasses.dataclass(frozen=True)
-class DatasetMeta:
+class DatasetMeta(NamedLabels):
   """Static description of a dataset.
 
   Attributes:
@@ -53,10 +61,6 @@ class DatasetMeta:
   num_examples: dict[str, int]
   provenance: str = ""
   default_split: tuple[tuple[int, ...], tuple[int, ...]] | None = None
-
-  @property
-  def num_labels(self) -> int:
-    return len(self.label_names)
 
   @property
   def num_regions(self) -> int:

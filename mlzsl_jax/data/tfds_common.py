@@ -1,5 +1,7 @@
 """What every tfds builder of this package shares: a builder base that downloads nothing, the
-stored form of region features, and the optional BiAM scene feature computed at build time.
+stored form of region features, the checks of the official files and config fields, the
+optional BiAM scene feature computed at build time, and the base of the real datasets'
+region-feature builders (``RegionBuilder``: nus_wide, open_images).
 
 Scene feature (``data.scene='vgg19'``, NUS-WIDE and Open Images): BiAM's official ``vgg_net``
 (``mlzsl_jax.extract.scene_head``: VGG19's last max-pool, fc6, ReLU, fc7, ReLU) applied to the
@@ -29,25 +31,30 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import sys
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mlzsl_jax.data import extracted
+
 
 def prepare_generated(builder_cls, params, make_config: Callable, data_dir: str,
-                      what: str):
-  """A code-generated dataset's builder for ``params`` (with ``config_name``) under
-  ``data_dir``, generating the data the first time, with one progress line (``what``)
-  instead of tfds' per-split bars. A parameter set that is a class config is passed by name
-  (tfds refuses a copy of it)."""
+                      noun: str):
+  """A code-generated dataset's builder for ``params`` (with ``config_name``, ``num_train``,
+  ``num_test``) under ``data_dir``, generating the data the first time, with one progress
+  line ("<name>: building <num_train>+<num_test> <noun> ...") instead of tfds' per-split
+  bars. A parameter set that is a class config is passed by name (tfds refuses a copy of
+  it)."""
   from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=import-outside-toplevel
   known = {c.name for c in builder_cls.BUILDER_CONFIGS}
   config = params.config_name if params.config_name in known else make_config(params)
   builder = builder_cls(config=config, data_dir=os.path.expanduser(data_dir))
   if not builder.is_prepared():
-    print(f"{what} ({params.config_name}) into {builder.data_dir}", flush=True)
+    print(f"{builder_cls.name}: building {params.num_train}+{params.num_test} {noun} "
+          f"({params.config_name}) into {builder.data_dir}", flush=True)
     bars = getattr(tqdm_utils, "_active", True)
     tfds.display_progress_bar(False)
     try:
@@ -109,6 +116,11 @@ class LocalBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   Preparing holds at most ``WRITE_BUFFER_BYTES`` of records plus one of tfds' 1000 buckets
   when the keys are spread (``example_key``); see the module docstring.
   """
+
+  @classmethod
+  def summary(cls) -> str:
+    """The tfds description: the first paragraph of the builder's module docstring."""
+    return sys.modules[cls.__module__].__doc__.split("\n\n")[0]
 
   def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
     with write_buffer(WRITE_BUFFER_BYTES):
@@ -174,6 +186,7 @@ SCENE_CHOICES = ("none", "vgg19")
 SCENE_CONFIG_NAME = "vgg19_scene"
 SCENE_BATCH = 64  # images per call of the jitted head (padded: one compile)
 SCENE_FEATURE = "vgg19_fc7"
+SCENE_DIM = 4096  # VGG19 fc7's width: the scene feature's length with torchvision's weights
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -229,6 +242,56 @@ def file_fingerprint(path: str, hash_contents: bool = True) -> dict[str, Any]:
   if hash_contents:
     out["sha256"] = sha256_file(path)
   return out
+
+
+def check_unique_entries(path: str, entries: Sequence[Any], fault: Callable[[int, Any], str],
+                         repeated: Callable[[Any, int, int], str]) -> None:
+  """ValueError "<path>: <why>" at the first entry of a file's list, in list order, that is
+  faulty (``fault(i, entry)``: why, '' when fine) or repeats an earlier one
+  (``repeated(entry, first, i)``: why, ``first`` the earlier index)."""
+  first: dict[Any, int] = {}
+  for i, entry in enumerate(entries):
+    why = fault(i, entry)
+    if why:
+      raise ValueError(f"{path}: {why}")
+    if entry in first:
+      raise ValueError(f"{path}: {repeated(entry, first[entry], i)}")
+    first[entry] = i
+
+
+def label_split_fields(num_seen: int, num_labels: int) -> dict[str, list[int]]:
+  """The metadata's seen_labels [0..num_seen) and unseen_labels [num_seen..num_labels)."""
+  return {"seen_labels": list(range(num_seen)),
+          "unseen_labels": list(range(num_seen, num_labels))}
+
+
+def manual_dir_option(data_config) -> str:
+  """``data.manual_dir`` (the folder of the official files): a path string, '' when not
+  given; ValueError naming the field otherwise."""
+  manual_dir = data_config.get("manual_dir", "") or ""
+  if not isinstance(manual_dir, str):
+    raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
+                     f"{manual_dir!r}")
+  return manual_dir
+
+
+def check_source_files(builder, paths: dict[str, str], skip_missing: bool = False,
+                       label: str = "size/SHA-256 ") -> None:
+  """ValueError when a file (``paths``: name -> path) differs from the file of that name the
+  prepared dataset was built from (metadata ``source_files``: size, then SHA-256 where one
+  was recorded; ``label`` prefixes the record in the message). Names without a record are
+  skipped, and with ``skip_missing`` files that are not there."""
+  stored = builder.info.metadata.get("source_files", {})
+  for name, path in paths.items():
+    want = stored.get(name)
+    if want is None or (skip_missing and not os.path.isfile(path)):
+      continue
+    if (os.path.getsize(path) != want["bytes"]
+        or file_fingerprint(path, "sha256" in want) != want):
+      raise ValueError(
+          f"{path}: differs from the file the prepared dataset at {builder.data_dir} was "
+          f"built from ({label}{want}); delete that folder to rebuild, or set another "
+          f"data.data_dir")
 
 
 def int_field(data_config, name: str, default: int) -> int:
@@ -355,3 +418,63 @@ def to_stored(examples: Iterable[tuple[Any, dict[str, Any]]],
       batch = []
   if batch:
     yield from _with_scene(batch, scene_fn, batch_size)
+
+
+# ------------------------------------------------------------------ region-feature builders
+
+class RegionBuilder(LocalBuilder, skip_registration=True):
+  """A builder of a real dataset's region features (``region_example_features``): the
+  official VGG19 grid (``GRID_SHAPE`` x ``FEATURE_DIM``), plus the scene feature with
+  ``SCENE`` (the ``vgg19_scene`` config), or with ``EXTRACTED`` an extract run's features
+  and scene (builder config = the backbone's name). Records in the source files' order.
+  """
+
+  GRID_SHAPE: tuple[int, int] = (0, 0)
+  FEATURE_DIM = 0
+  CONFIG_FILE = ""  # the dataset's config, named in the 'prepare with the scene' hint
+  METADATA = tfds.core.MetadataDict  # the metadata container (class)
+  SCENE = False  # True: the vgg19_scene config
+  EXTRACTED = False  # True: features + scene of an extract run
+
+  _scene: SceneSource | None = None  # the loaded head, set by the module's ``prepare``
+
+  def feature_layout(self) -> tuple[tuple[int, int], int, int]:
+    """(grid_shape, feature_dim, scene_dim) of what this builder stores (scene_dim 0: known
+    only from the weights file)."""
+    if self.EXTRACTED:
+      return extracted.extracted_layout(self.builder_config.name)
+    return self.GRID_SHAPE, self.FEATURE_DIM, 0
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    grid, dim, _ = self.feature_layout()
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.summary(),
+        features=region_example_features(grid[0] * grid[1], dim, self.SCENE or self.EXTRACTED),
+        metadata=self.METADATA(),
+        disable_shuffling=True,  # records stay in the order of the source files
+    )
+
+  @classmethod
+  def config_layout(cls, data_config) -> tuple[tuple[int, int], int, int, int]:
+    """(grid_shape, feature_dim, scene_dim, clip_dim) of the dataset ``data.backbone`` and
+    ``data.scene`` select, read from no file: the official grid (scene_dim ``SCENE_DIM`` with
+    data.scene='vgg19', else 0) or the extract backbone's; clip_dim is the CLIP label
+    embedding's (clip_vit_b16's with the official features, else the backbone's)."""
+    scene, _ = scene_option(data_config)
+    backbone, _ = extracted.backbone_option(data_config)
+    if backbone != "vgg19":
+      grid, dim, scene_dim = extracted.extracted_layout(backbone)
+      return grid, dim, scene_dim, dim
+    return (cls.GRID_SHAPE, cls.FEATURE_DIM, SCENE_DIM if scene == "vgg19" else 0,
+            extracted.extracted_layout("clip_vit_b16")[1])
+
+  def check_prepared_parts(self, has_features: bool) -> None:
+    """ValueError when tfds builds this builder without what the module's ``prepare`` sets:
+    the extract folder (``has_features``; EXTRACTED) or the scene head (SCENE)."""
+    where = os.fspath(self.data_dir_root)
+    if self.EXTRACTED and not has_features:
+      raise ValueError(f"{self.name} ({self.builder_config.name}): not prepared under "
+                       f"{where!r}; prepare it with data.features_dir = the extract --out_dir")
+    if self.SCENE and self._scene is None:
+      raise missing_scene_error(self.name, where, self.CONFIG_FILE)

@@ -57,7 +57,7 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from mlzsl_jax.data import tfds_common
-from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
+from mlzsl_jax.data.source import DatasetMeta, NamedLabels, meta_from_tfds, register_dataset
 
 FEATURE_FILE = "res101.mat"
 SPLITS_FILE = "att_splits.mat"
@@ -88,7 +88,7 @@ MANUAL_DOWNLOAD_INSTRUCTIONS = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Xlsa17Data:
+class Xlsa17Data(NamedLabels):
   """Validated content of one subset's two files, in our label order.
 
   Attributes:
@@ -115,10 +115,6 @@ class Xlsa17Data:
   att: np.ndarray
   original_att: np.ndarray
   locations: dict[str, np.ndarray]
-
-  @property
-  def num_labels(self) -> int:
-    return len(self.label_names)
 
   def labels(self, index: int) -> np.ndarray:
     """States of image ``index``: int8 [C], +1 at its label, -1 elsewhere."""
@@ -399,8 +395,7 @@ def metadata(data: Xlsa17Data, subset: str, source_dir: str) -> dict[str, Any]:
       "subset": subset,
       "label_names": list(data.label_names),
       "original_class_ids": [int(i) for i in data.original_class_ids],
-      "seen_labels": list(range(s)),
-      "unseen_labels": list(range(s, c)),
+      **tfds_common.label_split_fields(s, c),
       "grid_shape": list(GRID_SHAPE),
       "feature_dim": FEATURE_DIM,
       "num_examples": {k: int(v.size) for k, v in data.locations.items()},
@@ -442,7 +437,7 @@ class Xlsa17(tfds_common.LocalBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
-        description=__doc__.split("\n\n")[0],
+        description=self.summary(),
         features=tfds.features.FeaturesDict({
             "features": tfds.features.Tensor(shape=(GRID_SHAPE[0] * GRID_SHAPE[1],
                                                     FEATURE_DIM), dtype=np.float16),
@@ -516,17 +511,8 @@ class Xlsa17Source:
 
 def _check_fingerprint(builder: Xlsa17, source_dir: str) -> None:
   """ValueError when the files in ``source_dir`` differ from those the dataset was built from."""
-  stored = builder.info.metadata.get("source_files", {})
-  for name in (FEATURE_FILE, SPLITS_FILE):
-    path = os.path.join(source_dir, name)
-    want = stored.get(name)
-    if want is None:
-      continue
-    if os.path.getsize(path) != want["bytes"] or tfds_common.file_fingerprint(path) != want:
-      raise ValueError(
-          f"{path}: differs from the file the prepared dataset at {builder.data_dir} was "
-          f"built from (size/SHA-256 {want}); delete that folder to rebuild, or set another "
-          f"data.data_dir")
+  tfds_common.check_source_files(
+      builder, {name: os.path.join(source_dir, name) for name in (FEATURE_FILE, SPLITS_FILE)})
 
 
 def prepare(subset: str, manual_dir: str = "", data_dir: str | None = None) -> Xlsa17:
@@ -567,9 +553,6 @@ def xlsa17_factory(data_config) -> Xlsa17Source:
   """Registered factory: reads data.subset (AWA2/CUB/SUN/APY/AWA1), data.manual_dir (the
   folder of the official files; required until the dataset is prepared) and data.data_dir,
   prepares the tfds dataset if needed, returns its ``DatasetSource``."""
-  manual_dir = data_config.get("manual_dir", "") or ""
-  if not isinstance(manual_dir, str):
-    raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
-                     f"{manual_dir!r}")
+  manual_dir = tfds_common.manual_dir_option(data_config)
   subset = data_config.get("subset", "") or ""
   return Xlsa17Source(prepare(subset, manual_dir, data_config.get("data_dir", None) or None))

@@ -52,11 +52,8 @@ def ranknet_loss(scores: jax.Array, states: jax.Array) -> jax.Array:
   image without any pair has l_i = 0. The batch loss is the mean of l_i over ALL images of
   the batch (pair-less ones included, as zeros).
 
-  Args:
-    scores: [batch, labels] float.
-    states: [batch, labels] int, values in {1, -1, 0}.
-  Returns:
-    scalar float32.
+  Arguments and result as ``losses.ranking_loss``: scores [batch, labels] float, states
+  [batch, labels] int in {1, -1, 0} -> scalar float32.
   """
   scores = scores.astype(jnp.float32)
   pair_mask = losses.pair_mask(states)  # [B, negatives, positives]
