@@ -118,6 +118,13 @@ def test_memory_report_matches_a_hand_count(compiled):
   text = report.format_report(analysis, chip, 4, top_bytes=3, protocol_images=1000.0)
   assert "fits: yes" in text and "estimate (roofline, not measured)" in text
   assert len(re.findall(r"^\s+[\d,.]+ MiB ", text, re.M)) == 3  # the --top_bytes rows
+  # on TPU BiAM's attention (forward, backward) and label top-k are Pallas kernels: no
+  # [images per chip, heads, regions, regions] attention map in the program
+  text = train.compiled.as_text()
+  assert text.count('custom_call_target="tpu_custom_call"') == 3
+  local, r = 8 // 2, meta.num_regions
+  assert f"[{local},{config.model.heads},{r},{r}]" not in text
+  assert programs["eval_forward"].compiled.as_text().count("tpu_custom_call") == 3  # ZSL, GZSL
   forward = report.analyse(programs["eval_forward"])
   assert forward.aliased == 0 and report.fits(forward, chip)
   metrics = programs["metrics"]
