@@ -312,7 +312,7 @@ def _import_tensorflow_quietly() -> None:
 
 
 if __name__ == "__main__":
-  if len(sys.argv) > 1 and sys.argv[1] not in ("extract", "compile"):
+  if len(sys.argv) > 1 and sys.argv[1] != "extract":
     _import_tensorflow_quietly()  # before the config file (and the data modules) load it
   if len(sys.argv) > 1 and sys.argv[1] == "extract":
     _extract_main(sys.argv[2:])

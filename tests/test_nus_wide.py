@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+import tfds_buckets
 from tfds_buckets import through_disk_buckets
 
 from mlzsl_jax.data import attributes, embeddings, get_dataset, nus_wide, restricted_pickle
@@ -117,14 +118,9 @@ def data_config(manual_dir, data_dir) -> ml_collections.ConfigDict:
 
 
 def assert_nothing_prepared(data_dir: pathlib.Path, untouched: bool = True) -> None:
-  """No prepared or half-written dataset under ``data_dir``; with ``untouched``, no file."""
-  assert not nus_wide.NusWide(data_dir=str(data_dir)).is_prepared()
-  left = [p for p in data_dir.rglob("*")
-          if p.name == "dataset_info.json" or ".tfrecord" in p.name or "incomplete" in p.name
-          or p.name == nus_wide.DATA_VERSION]
-  assert not left, left
-  if untouched:
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+  """No prepared or half-written NUS-WIDE under ``data_dir``; with ``untouched``, no file."""
+  tfds_buckets.assert_nothing_prepared(nus_wide.NusWide(data_dir=str(data_dir)), data_dir,
+                                       (nus_wide.DATA_VERSION,), untouched)
 
 
 def build(root, data_dir):

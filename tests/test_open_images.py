@@ -296,6 +296,7 @@ from mlzsl_jax.data import get_dataset  # noqa: E402
 from mlzsl_jax.data import open_images as oi  # noqa: E402
 from mlzsl_jax.data import restricted_pickle  # noqa: E402
 from mlzsl_jax.data import tfds_common  # noqa: E402
+import tfds_buckets  # noqa: E402
 from tfds_buckets import through_disk_buckets  # noqa: E402
 
 NUM_SEEN, NUM_UNSEEN_ALL, NUM_TOP = 7186, 2594, 400
@@ -397,13 +398,9 @@ def data_config(manual_dir, data_dir) -> ml_collections.ConfigDict:
 
 
 def assert_nothing_prepared(data_dir: pathlib.Path, untouched: bool = True) -> None:
-  assert not oi.OpenImages(data_dir=str(data_dir)).is_prepared()
-  left = [p for p in data_dir.rglob("*")
-          if p.name in ("dataset_info.json", oi.OpenImagesMetadata.NPZ, oi.DATA_VERSION)
-          or ".tfrecord" in p.name or "incomplete" in p.name or "bucket" in p.name]
-  assert not left, left
-  if untouched:
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+  """No prepared or half-written Open Images under ``data_dir``; with ``untouched``, no file."""
+  tfds_buckets.assert_nothing_prepared(oi.OpenImages(data_dir=str(data_dir)), data_dir,
+                                       (oi.OpenImagesMetadata.NPZ, oi.DATA_VERSION), untouched)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import scipy.io
 
+import tfds_buckets
 from tfds_buckets import through_disk_buckets
 
 from mlzsl_jax.data import get_dataset, xlsa17
@@ -80,13 +81,8 @@ def data_config(manual_dir, data_dir, subset="AWA2") -> ml_collections.ConfigDic
 def assert_nothing_prepared(data_dir: pathlib.Path, untouched: bool = True) -> None:
   """No prepared (or half-written) dataset under ``data_dir``; with ``untouched``, no file at
   all (the factory validates the files before tfds creates anything)."""
-  assert not xlsa17.Xlsa17(config="AWA2", data_dir=str(data_dir)).is_prepared()
-  left = [p for p in data_dir.rglob("*")
-          if p.name == "dataset_info.json" or ".tfrecord" in p.name or "incomplete" in p.name
-          or p.name == xlsa17.DATA_VERSION]
-  assert not left, left
-  if untouched:
-    assert not [p for p in data_dir.rglob("*") if p.is_file()]
+  tfds_buckets.assert_nothing_prepared(xlsa17.Xlsa17(config="AWA2", data_dir=str(data_dir)),
+                                       data_dir, (xlsa17.DATA_VERSION,), untouched)
 
 
 @pytest.fixture(scope="module")

@@ -29,3 +29,18 @@ def through_disk_buckets() -> Iterator[list[int]]:
     patch.setattr(tfds_common, "WRITE_BUFFER_BYTES", 0)
     patch.setattr(shuffle._Bucket, "read_values", counted)  # pylint: disable=protected-access
     yield sizes
+
+
+def assert_nothing_prepared(builder, data_dir, marker_names: tuple[str, ...],
+                            untouched: bool = True) -> None:
+  """No prepared or half-written dataset under ``data_dir`` (a pathlib.Path): ``builder``
+  (a tfds builder there) is not prepared, and no dataset_info.json, tfrecord, incomplete
+  folder, tfds bucket file or file named in ``marker_names`` is left; with ``untouched``,
+  no file at all (the files were checked before tfds created anything)."""
+  assert not builder.is_prepared()
+  left = [p for p in data_dir.rglob("*")
+          if p.name in ("dataset_info.json", *marker_names) or ".tfrecord" in p.name
+          or "incomplete" in p.name or "bucket" in p.name]
+  assert not left, left
+  if untouched:
+    assert not [p for p in data_dir.rglob("*") if p.is_file()]

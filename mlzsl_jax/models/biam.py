@@ -247,6 +247,7 @@ def model_config() -> ml_collections.ConfigDict:
   # 0: score all labels at once (region scores [B, R, L] in memory; output 'region_scores').
   # n > 0: n labels at a time (memory O(B·R·n), for 7k+ labels); same scores, no
   # 'region_scores' output (BiAM.region_scores(feats, label_subset) gives them for plots).
+  # On TPU neither matters: a Pallas kernel tiles the labels on chip (label_top_k).
   c.label_chunk = 0
   return c
 
