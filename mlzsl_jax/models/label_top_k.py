@@ -130,6 +130,7 @@ def top_k_scores(e_f: jax.Array, classifiers: jax.Array, k: int) -> jax.Array:
   'data', labels over 'model'); elsewhere ``top_k_scores_xla``."""
   if not layers.compiling_for_tpu():
     return top_k_scores_xla(e_f, classifiers, k)
-  data, model = layers.data_axis_for(e_f.shape[0]), layers.model_axis_for(classifiers.shape[0])
+  data, model = layers.mesh_axis_for("data", e_f.shape[0]), layers.mesh_axis_for(
+      "model", classifiers.shape[0])
   run = lambda e, c: top_k_scores_pallas(e, c, k)  # noqa: E731
   return layers.per_shard(run, (P(data), P(model)), P(data, model))(e_f, classifiers)

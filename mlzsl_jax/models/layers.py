@@ -140,21 +140,13 @@ def compiling_for_tpu() -> bool:
   return (device.platform if device is not None else jax.default_backend()) == "tpu"
 
 
-def data_axis_for(batch: int) -> str | None:
-  """'data' when the active mesh has a 'data' axis of size > 1 that divides ``batch``."""
+def mesh_axis_for(axis: str, size: int) -> str | None:
+  """``axis`` ('data' or 'model') when the active mesh has it with more than one device and
+  its size divides ``size`` (the dimension to split over it); else None (replicated)."""
   mesh = jax.sharding.get_abstract_mesh()
-  if "data" in getattr(mesh, "axis_names", ()) and mesh.shape["data"] > 1 \
-      and batch % mesh.shape["data"] == 0:
-    return "data"
-  return None
-
-
-def model_axis_for(size: int) -> str | None:
-  """'model' when the active mesh has a 'model' axis of size > 1 that divides ``size``."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if "model" in getattr(mesh, "axis_names", ()) and mesh.shape["model"] > 1 \
-      and size % mesh.shape["model"] == 0:
-    return "model"
+  if axis in getattr(mesh, "axis_names", ()) and mesh.shape[axis] > 1 \
+      and size % mesh.shape[axis] == 0:
+    return axis
   return None
 
 

@@ -251,5 +251,5 @@ def attend(qkv: jax.Array, seeds: jax.Array | None, *, heads: int, rate: float,
   if seeds is None:
     seeds = jnp.zeros((qkv.shape[0],), jnp.uint32)
   run = lambda x, s: attend_pallas(x, s, heads, float(rate), bool(mask_zero))  # noqa: E731
-  spec = P(layers.data_axis_for(qkv.shape[0]))
+  spec = P(layers.mesh_axis_for("data", qkv.shape[0]))
   return layers.per_shard(run, (spec, spec), spec)(qkv, seeds.astype(jnp.uint32))
