@@ -85,9 +85,14 @@ def row(name: str, topology_name: str, per_chip: int, dtype: str, max_batch: boo
   epochs = command.protocol_images(spec, config, meta)
   per_image = program.images_per_call / len(devices)
   best = ""
-  if max_batch:
-    found = command.max_train_batch(config, meta, devices, chip, lambda s: None)
-    best = f" | {found // data}"
+  if max_batch:  # seeded with the compile above; each search step printed to stderr
+    start = time.perf_counter()
+    found = command.max_train_batch(
+        config, meta, devices, chip, lambda line: print(line, file=sys.stderr, flush=True),
+        known={int(config.train.batch_size): a.total})
+    per_chip_found = found * int(config.mesh.model) / len(devices)
+    best = (f" | {found // data} ({per_chip_found:g} per chip, "
+            f"{time.perf_counter() - start:.0f} s)")
   cells += ["yes" if report.fits(a, chip) else "no", f"{a.total / 2**20:,.0f} MiB",
             f"{a.flops / per_image / 1e9:.2f} GFLOP, {a.bytes_accessed / per_image / 1e6:,.0f} MB",
             f"{pod:,.0f} ({est.bound})", report.duration(epochs / pod) if epochs else "-",
@@ -110,7 +115,7 @@ def main() -> None:
   head = ["config", "topology", "chips", "images/chip", "fits", "memory/chip",
           "per image", "est. images/s (slice)", "est. protocol", "compile"]
   if args.max_batch:
-    head.append("max batch/data shard")
+    head.append("largest batch per data shard (per chip; search)")
   print("| " + " | ".join(head) + " |")
   print("|" + "---|" * len(head), flush=True)
   for name in args.configs.split(","):

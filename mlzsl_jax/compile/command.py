@@ -81,15 +81,23 @@ def compile_all(config, meta: DatasetMeta, devices, names=programs.PROGRAMS
 
 
 def max_train_batch(config, meta: DatasetMeta, devices, chip: chips.Chip,
-                    say: Callable[[str], None], limit: int = 1 << 20,
-                    measure: Callable[[int], int | None] | None = None) -> int:
+                    say: Callable[[str], None], limit_per_shard: int = 1 << 16,
+                    measure: Callable[[int], int | None] | None = None,
+                    known: dict[int, int | None] | None = None) -> int:
   """The largest global train batch (a multiple of the mesh's data axis) whose train step
-  fits a chip, to within 1/64 (0 when one row per data shard does not fit; ``limit`` when
-  that fits). Per-chip memory is near-affine in the batch: two compiles predict the limit,
-  then bisection confirms it (about 8-10 compiles in all). ``measure(batch)`` -> per-chip
-  bytes or None (the compiler ran out of memory) replaces the compiles (tests)."""
+  fits a chip, to within 1/64 (0 when one row per data shard does not fit; the batch of
+  ``limit_per_shard`` rows per data shard when that fits). Per-chip memory grows
+  near-affinely with the batch, so each compile aims just below the limit the measured points
+  predict (a secant through the closest fitting and non-fitting batches, or a line through
+  the two largest fitting ones), then just above it: about 4-6 compiles when the prediction
+  holds, bisection where the compiler gives no figure.
+  ``known``: batch -> per-chip bytes already compiled (None: out of memory).
+  ``measure(batch)`` -> per-chip bytes or None (the compiler ran out of memory) replaces the
+  compiles (tests)."""
   data = len(devices) // int(config.mesh.model)
+  hbm, limit = chip.hbm_bytes, limit_per_shard * data
   trainer = None  # one Trainer for every batch (it does not depend on the batch size)
+  points: dict[int, int | None] = dict(known or {})
 
   def memory(batch: int) -> int | None:
     """Per-chip bytes of the train step at ``batch`` (None: the compiler ran out of memory)."""
@@ -103,31 +111,44 @@ def max_train_batch(config, meta: DatasetMeta, devices, chip: chips.Chip,
       return None
     total = report.analyse(program).total
     say(f"  batch {batch} ({batch // data} per data shard): {total / 2**20:,.0f} MiB per chip, "
-        f"{'fits' if total <= chip.hbm_bytes else 'does not fit'}")
+        f"{'fits' if total <= hbm else 'does not fit'}")
     return total
 
   def fits(batch: int) -> bool:
-    used = memory(batch)
-    return used is not None and used <= chip.hbm_bytes
+    if batch not in points:
+      points[batch] = memory(batch)
+    used = points[batch]
+    return used is not None and used <= hbm
 
-  first = memory(data)
-  if first is None or first > chip.hbm_bytes:
+  def crossing(lo: int, hi: int | None) -> float:
+    """Where the measured points put the batch whose memory reaches the chip's HBM."""
+    fitting = sorted(b for b in points if b <= lo and fits(b))
+    if hi is not None:
+      if points[hi] is None:  # the compiler gave no figure: bisect
+        return (lo + hi) / 2
+      a, b = lo, hi
+    elif len(fitting) >= 2:
+      a, b = fitting[-2], fitting[-1]
+    else:
+      return 4.0 * lo
+    slope = (points[b] - points[a]) / (b - a)
+    return b + (hbm - points[b]) / slope if slope > 0 else 4.0 * lo
+
+  fitting = [b for b in points if fits(b)]
+  if not fitting and not fits(data):
     return 0
-  lo, hi = data, 4 * data
-  second = memory(hi)
-  if second is not None and second <= chip.hbm_bytes:
-    lo = hi
-    slope = (second - first) / (3 * data)
-    guess = int((chip.hbm_bytes - first) / slope) if slope > 0 else limit
-    hi = min(max(guess * 5 // 4 // data * data, 2 * lo), limit)
-    while hi < limit and fits(hi):  # the prediction was low: keep doubling
-      lo, hi = hi, min(2 * hi, limit)
-    if hi >= limit and fits(limit):
-      return limit
-  while hi - lo > max(data, lo // 64):
-    mid = (lo + hi) // 2 // data * data
-    lo, hi = (mid, hi) if fits(mid) else (lo, mid)
-  return lo
+  while True:
+    lo = max(b for b in points if fits(b))
+    hi = min((b for b in points if not fits(b)), default=None)
+    tol = max(data, lo // 64)
+    if hi is not None and hi - lo <= tol:
+      return lo
+    if lo >= limit or (hi is None and lo + tol > limit):
+      return lo  # the limit (or within 1/64 of it) fits
+    low, high = lo + tol, (hi - tol) if hi is not None else limit
+    target = crossing(lo, hi) - tol / 2  # just below the predicted limit
+    batch = (lo + hi) // 2 if low > high else int(min(max(target, low), high))
+    fits(max(batch // data * data, lo + data))
 
 
 def run(config, spec: str, topology_name: str, num_slices: int = 1, top_bytes: int = 0,
@@ -137,6 +158,12 @@ def run(config, spec: str, topology_name: str, num_slices: int = 1, top_bytes: i
   chip, devices = topology.devices(topology_name, num_slices)
   meta = dataset_shapes(config.data)
   data, model = len(devices) // int(config.mesh.model), int(config.mesh.model)
+  for field in ("train.batch_size", "eval.batch_size"):  # as the input pipeline requires
+    value = int(config[field.split(".")[0]][field.split(".")[1]])
+    if value % data:
+      raise ValueError(f"config field {field}={value} must be a multiple of the mesh's {data} "
+                       f"'data' shards on {topology_name} (mesh.model={model}); pass "
+                       f"--config.{field}=N")
   say(f"compile for {topology_name}" + (f" x {num_slices} slices" if num_slices > 1 else "")
       + f": {len(devices)} x {chip.device_kind} ({chip.hbm_bytes / 1e9:.0f} GB HBM, "
       f"{chip.peak_bf16_flops / 1e12:.0f} bf16 TFLOP/s, {chip.hbm_bytes_per_s / 1e9:,.0f} GB/s;"
@@ -147,7 +174,8 @@ def run(config, spec: str, topology_name: str, num_slices: int = 1, top_bytes: i
       f"{config.eval.batch_size}")
   images = protocol_images(spec, config, meta)
   status = 0
-  for program in compile_all(config, meta, devices):
+  compiled = compile_all(config, meta, devices)
+  for program in compiled:
     if program.compiled is None:
       status = 1
       say(f"== {program.name}: does not fit {chip.device_kind} HBM "
@@ -167,7 +195,10 @@ def run(config, spec: str, topology_name: str, num_slices: int = 1, top_bytes: i
         say(f"    {line}")
   if search_max_batch:
     say("largest global train batch that fits:")
-    best = max_train_batch(config, meta, devices, chip, say)
+    compiled_train = {p.name: p for p in compiled}.get("train_step")
+    known = ({int(config.train.batch_size): report.analyse(compiled_train).total}
+             if compiled_train is not None and compiled_train.compiled is not None else {})
+    best = max_train_batch(config, meta, devices, chip, say, known=known)
     say(f"max_batch: {best} ({best // data if data else 0} per data shard)"
         if best else "max_batch: none (one row per data shard does not fit)")
   say(f"fits: {'yes' if status == 0 else 'no'}")

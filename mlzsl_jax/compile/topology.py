@@ -28,9 +28,14 @@ from typing import Any
 from mlzsl_jax.compile import chips
 
 LIBTPU_ENV = "MLZSL_LIBTPU_DIR"
-LIBTPU_PIN = "libtpu==0.0.42.1"  # requirements-tpu.txt's pin, for the same jax
+# The compilers of each jax this library runs on (a compiler must match its jax): the pinned
+# 0.10.2 (requirements-tpu.txt; `make setup-compile`) and the GPU machine's 0.11.2 (what
+# `pip install "jax[tpu]==0.11.2"` resolved to on 2026-12-06; scripts/check_newer_jax.sh).
+COMPILER_PINS = {
+    "0.10.2": ("libtpu==0.0.42.1", "jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2"),
+    "0.11.2": ("libtpu==0.0.48.1", "jax-cuda13-plugin==0.11.2 jax-cuda13-pjrt==0.11.2"),
+}
 CUDA_PLUGIN_ENV = "MLZSL_CUDA_PLUGIN_DIR"
-CUDA_PLUGIN_PINS = "jax-cuda12-plugin==0.10.2 jax-cuda12-pjrt==0.10.2"
 
 
 class CompilerMissing(RuntimeError):
@@ -42,6 +47,20 @@ def _cache_dir(env: str, name: str) -> str:
   return os.environ.get(env) or str(default)
 
 
+def install_hint(folder: str, tpu: bool) -> str:
+  """How to put this jax's libtpu (``tpu``) or CUDA plugin into ``folder``."""
+  import jax  # pylint: disable=import-outside-toplevel
+  pins = COMPILER_PINS.get(jax.__version__)
+  if pins is None:
+    extra = "tpu" if tpu else "cuda13"
+    return (f"the {'libtpu' if tpu else 'CUDA plugin'} that pip install "
+            f"\"jax[{extra}]=={jax.__version__}\" selects, with pip install --no-deps "
+            f"--target {folder}")
+  make = "make setup-compile (= " if jax.__version__ == "0.10.2" else ""
+  return (f"{make}pip install --no-deps --target {folder} {pins[0 if tpu else 1]}"
+          f"{')' if make else ''}")
+
+
 def libtpu_dir() -> str:
   return _cache_dir(LIBTPU_ENV, "libtpu")
 
@@ -50,17 +69,21 @@ def cuda_plugin_dir() -> str:
   return _cache_dir(CUDA_PLUGIN_ENV, "cuda_plugin")
 
 
+CUDA_PLUGIN_MODULES = ("jax_cuda12_plugin", "jax_cuda13_plugin")  # either compiles for GPUs
+
+
 def use_cuda_plugin() -> None:
-  """Makes JAX's CUDA 12 plugin discoverable (module docstring); CompilerMissing, with the
-  install command, when it is nowhere; RuntimeError when JAX's backends already started
-  without it."""
-  if importlib.util.find_spec("jax_cuda12_plugin") is None:
+  """Makes JAX's CUDA plugin (CUDA 12's or 13's, whichever jax's version has: a GPU machine
+  with jax 0.11 carries jax_cuda13_plugin) discoverable (module docstring); CompilerMissing,
+  with the install command, when it is nowhere; RuntimeError when JAX's backends already
+  started without it."""
+  if not any(importlib.util.find_spec(m) is not None for m in CUDA_PLUGIN_MODULES):
     folder = cuda_plugin_dir()
-    if not os.path.isdir(os.path.join(folder, "jax_cuda12_plugin")):
+    if not any(os.path.isdir(os.path.join(folder, m)) for m in CUDA_PLUGIN_MODULES):
       raise CompilerMissing(
           f"compiling for GPUs needs JAX's CUDA plugin, not found as a package nor in "
-          f"{folder} (${CUDA_PLUGIN_ENV}); install it there with: make setup-compile "
-          f"(= pip install --no-deps --target {folder} {CUDA_PLUGIN_PINS})")
+          f"{folder} (${CUDA_PLUGIN_ENV}); install it there with: "
+          f"{install_hint(folder, tpu=False)}")
     if folder not in sys.path:
       sys.path.insert(0, folder)
     importlib.invalidate_caches()
@@ -93,8 +116,8 @@ def use_libtpu() -> None:
     return
   raise CompilerMissing(
       f"compiling for a TPU topology needs libtpu (XLA's TPU compiler), not found as a "
-      f"package nor in {folder} (${LIBTPU_ENV}); install it there with: make setup-compile "
-      f"(= pip install --no-deps --target {folder} {LIBTPU_PIN})")
+      f"package nor in {folder} (${LIBTPU_ENV}); install it there with: "
+      f"{install_hint(folder, tpu=True)}")
 
 
 def parse_name(name: str) -> tuple[chips.Chip, str]:

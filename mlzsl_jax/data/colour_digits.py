@@ -50,6 +50,7 @@ from mlzsl_jax.data import attributes
 from mlzsl_jax.data import digit_grid
 from mlzsl_jax.data import digits_mosaic as dm
 from mlzsl_jax.data import embeddings as emb_lib
+from mlzsl_jax.data import options
 from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
@@ -337,7 +338,7 @@ class ColourDigitsSource:
 
 def params_from_config(data_config) -> SceneParams:
   d = SceneParams()
-  get_int = lambda name, default: tfds_common.int_field(data_config, name, default)  # noqa: E731
+  get_int = lambda name, default: options.int_field(data_config, name, default)  # noqa: E731
   return SceneParams(
       seed=get_int("seed", d.seed), num_train=get_int("num_train", d.num_train),
       num_test=get_int("num_test", d.num_test), patch=get_int("patch", d.patch),

@@ -47,6 +47,7 @@ from mlzsl_jax import hooks
 from mlzsl_jax.data import attributes
 from mlzsl_jax.data import digit_grid
 from mlzsl_jax.data import embeddings as emb_lib
+from mlzsl_jax.data import options
 from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, meta_from_tfds, register_dataset
 
@@ -337,13 +338,13 @@ def params_from_config(data_config) -> MosaicParams:
   if len(cells) != 2 or not all(isinstance(c, (int, np.integer)) for c in cells):
     raise ValueError(f"config field data.cells: expected an int or two ints, got {cells!r}")
   return MosaicParams(
-      seed=tfds_common.int_field(data_config, "seed", d.seed),
-      num_train=tfds_common.int_field(data_config, "num_train", d.num_train),
-      num_test=tfds_common.int_field(data_config, "num_test", d.num_test),
+      seed=options.int_field(data_config, "seed", d.seed),
+      num_train=options.int_field(data_config, "num_train", d.num_train),
+      num_test=options.int_field(data_config, "num_test", d.num_test),
       cells=(int(cells[0]), int(cells[1])),
-      patch=tfds_common.int_field(data_config, "patch", d.patch),
-      min_digits=tfds_common.int_field(data_config, "min_digits", d.min_digits),
-      max_digits=tfds_common.int_field(data_config, "max_digits", d.max_digits),
+      patch=options.int_field(data_config, "patch", d.patch),
+      min_digits=options.int_field(data_config, "min_digits", d.min_digits),
+      max_digits=options.int_field(data_config, "max_digits", d.max_digits),
       train_classes=_train_classes(data_config),
   ).validate()
 

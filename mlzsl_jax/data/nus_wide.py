@@ -79,9 +79,11 @@ import tensorflow_datasets as tfds
 from mlzsl_jax.data import embeddings as emb_lib
 from mlzsl_jax.data import extracted
 from mlzsl_jax.data import restricted_pickle
+from mlzsl_jax.data import options
 from mlzsl_jax.data import tfds_common
-from mlzsl_jax.data.source import (DatasetMeta, NamedLabels, meta_from_tfds, register_dataset,
-                                   register_dataset_shapes, shapes_meta)
+from mlzsl_jax.data.nus_wide_release import (EMBEDDING_SOURCE, FEATURE_DIM, GRID_SHAPE,
+                                             LESA_VAL_SIZE, OFFICIAL_SIZES, train80_size)
+from mlzsl_jax.data.source import DatasetMeta, NamedLabels, meta_from_tfds, register_dataset
 
 TRAIN_H5 = os.path.join("features", "nus_wide_train.h5")
 TEST_H5 = os.path.join("features", "nus_wide_test.h5")
@@ -95,23 +97,14 @@ SOURCE_FILES = (TRAIN_H5, TEST_H5, TAGS_FILE, CONCEPTS_FILE, EMBEDDINGS_FILE, TR
 H5_FILES = (TRAIN_H5, TEST_H5)
 NAMES_KEY = "img_names"
 
-FEATURE_DIM = 512
-GRID_SHAPE = (14, 14)
 NUM_REGIONS = GRID_SHAPE[0] * GRID_SHAPE[1]
 FEATURE_SHAPE = (FEATURE_DIM, NUM_REGIONS)  # as stored in the h5 files
-EMBEDDING_SOURCE = "glove"
-TRAIN_FRACTION = 0.8
 STORED_SPLITS = ("train", "test")
 SPLITS = ("train", "train80", "val20", "lesa_train", "lesa_val", "test")
-# LESA's NUS-WIDE script validates on the first 5000 training records and trains on the rest.
-LESA_VAL_SIZE = 5000
 FEATURES_SUFFIX, LABELS_SUFFIX, UNSEEN_SUFFIX = "-features", "-labels", "-labels_81"
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 CONFIG_FILE = "configs/biam_nus_wide.py"  # named in the 'prepare with the scene' hint
 FP16_MAX = float(np.finfo(np.float16).max)
-
-# (seen, unseen, training images, test images) of the official release: a warning otherwise.
-OFFICIAL_SIZES = (925, 81, 161789, 107859)
 
 # Bumped whenever stored content changes, so a cache built by older code is never reused.
 DATA_VERSION = "1.0.0"
@@ -162,11 +155,6 @@ class NusWideIndex(NamedLabels):
 
   def path(self, name: str) -> str:
     return os.path.join(self.source_dir, name)
-
-
-def train80_size(num_train: int) -> int:
-  """Images in the official 80% part: ``int(0.8 * N)`` exactly as util_nus.py computes it."""
-  return int(TRAIN_FRACTION * num_train)
 
 
 # ------------------------------------------------------------------ files and lists
@@ -704,9 +692,9 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, scene: str = "non
   scene of an extract run in ``features_dir`` (needed to build it), stored under the builder
   config of that name (``NusWideExtracted``).
   """
-  if scene not in tfds_common.SCENE_CHOICES:
+  if scene not in options.SCENE_CHOICES:
     raise ValueError(f"config field data.scene={scene!r}: expected one of "
-                     f"{tfds_common.SCENE_CHOICES}")
+                     f"{options.SCENE_CHOICES}")
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
   source_dir = find_source_dir(manual_dir) if manual_dir else None
   if backbone != "vgg19":
@@ -786,26 +774,11 @@ def nus_wide_factory(data_config) -> NusWideSource:
   the dataset is prepared), data.data_dir, data.scene ('none' / 'vgg19') and
   data.scene_weights (the torchvision VGG19 file; needed to build the 'vgg19' dataset),
   prepares the tfds dataset if needed, returns its ``DatasetSource``."""
-  manual_dir = tfds_common.manual_dir_option(data_config)
-  scene, scene_weights = tfds_common.scene_option(data_config)
+  manual_dir = options.manual_dir_option(data_config)
+  scene, scene_weights = options.scene_option(data_config)
   backbone, features_dir = extracted.backbone_option(data_config)
   return NusWideSource(prepare(manual_dir, data_config.get("data_dir", None) or None,
                                scene=scene, scene_weights=scene_weights, backbone=backbone,
                                features_dir=features_dir),
                        train_mix_slices=int(data_config.get("mix_slices", 256)),
                        mix_seed=int(data_config.get("seed", 0)))
-
-
-@register_dataset_shapes("nus_wide")
-def nus_wide_shapes(data_config) -> DatasetMeta:
-  """The official release's sizes (no file read): 925 + 81 labels, GloVe 300, [196, 512]
-  regions, the scene feature's 4096 with data.scene='vgg19', the official split sizes."""
-  num_seen, num_unseen, num_train, num_test = OFFICIAL_SIZES
-  grid, dim, scene_dim, clip_dim = NusWide.config_layout(data_config)
-  k = train80_size(num_train)
-  return shapes_meta(
-      "nus_wide", num_seen + num_unseen, {EMBEDDING_SOURCE: 300, "clip": clip_dim}, grid, dim,
-      scene_dim,
-      {"train": num_train, "train80": k, "val20": num_train - k,
-       "lesa_train": num_train - LESA_VAL_SIZE, "lesa_val": LESA_VAL_SIZE, "test": num_test},
-      "shapes of the official BiAM NUS-WIDE release (no data)")

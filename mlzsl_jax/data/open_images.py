@@ -113,9 +113,11 @@ from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from mlzsl_jax.data import extracted
+from mlzsl_jax.data import options
 from mlzsl_jax.data import tfds_common
-from mlzsl_jax.data.source import (DatasetMeta, NamedLabels, meta_from_tfds, register_dataset,
-                                   register_dataset_shapes, shapes_meta)
+from mlzsl_jax.data.open_images_release import (EMBEDDING_SOURCE, FEATURE_DIM, GRID_SHAPE,
+                                                OFFICIAL_SIZES)
+from mlzsl_jax.data.source import DatasetMeta, NamedLabels, meta_from_tfds, register_dataset
 
 if __name__ == "__main__":
   # ``python -m mlzsl_jax.data.open_images``: run the ``main`` of the module as imported (the
@@ -124,8 +126,6 @@ if __name__ == "__main__":
   _registered.main()
   sys.exit(0)
 
-FEATURE_DIM = 512
-GRID_SHAPE = (14, 14)
 NUM_REGIONS = GRID_SHAPE[0] * GRID_SHAPE[1]
 SPLITS = ("train", "test")
 SPLIT_DIRS = {"train": "train_features_lesa", "test": "test_features_lesa"}
@@ -136,13 +136,10 @@ TOP_UNSEEN_FILE = "top_400_unseen.csv"
 DESCRIPTIONS_FILE = "class-descriptions.csv"
 EMBEDDING_DIR = "wiki_contexts"
 EMBEDDING_FILE = "OpenImage_w2v_context_window_10_glove-wiki-gigaword-300.pkl"
-EMBEDDING_SOURCE = "glove"
 SUFFIX_FEATURES, SUFFIX_SEEN, SUFFIX_UNSEEN = "-features", "-seenlabels", "-unseenlabels"
 DEFAULT_DATA_DIR = "~/tensorflow_datasets"
 CONFIG_FILE = "configs/biam_open_images.py"  # named in the 'prepare with the scene' hint
 FP16_MAX = float(np.finfo(np.float16).max)
-# (seen, unseen in unseen_labels.pkl, evaluated unseen) of the official release: a warning only.
-OFFICIAL_SIZES = (7186, 2594, 400)
 
 # Bumped whenever stored content changes, so a cache built by older code is never reused.
 DATA_VERSION = "1.0.0"
@@ -862,9 +859,9 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, *,
     backbone: 'vgg19' (the h5 files' features) or a CLIP release (``clip_vit_b16`` ...):
       the features and scene of an extract run in ``features_dir`` (needed to build it).
   """
-  if scene not in tfds_common.SCENE_CHOICES:
+  if scene not in options.SCENE_CHOICES:
     raise ValueError(f"config field data.scene={scene!r}: expected one of "
-                     f"{tfds_common.SCENE_CHOICES}")
+                     f"{options.SCENE_CHOICES}")
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
   if backbone != "vgg19":
     extracted.extracted_layout(backbone)  # an unknown name fails here
@@ -925,31 +922,14 @@ def prepare(manual_dir: str = "", data_dir: str | None = None, *,
   return builder
 
 
-# Images of BiAM's feature files, rounded (the files are not here to count): ~1.7 M training
-# images (docs/reproduce.md) and the ~125 k test images of Open Images v4's test split.
-APPROX_IMAGES = {"train": 1_700_000, "test": 125_000}
-
-
-@register_dataset_shapes("open_images")
-def open_images_shapes(data_config) -> DatasetMeta:
-  """The official release's label sizes (7186 seen + the 400 evaluated unseen), GloVe 300,
-  [196, 512] regions, the scene's 4096 with data.scene='vgg19', image counts rounded."""
-  num_seen, _, num_top = OFFICIAL_SIZES
-  grid, dim, scene_dim, clip_dim = OpenImages.config_layout(data_config)
-  return shapes_meta("open_images", num_seen + num_top,
-                     {EMBEDDING_SOURCE: 300, "clip": clip_dim}, grid, dim, scene_dim,
-                     APPROX_IMAGES,
-                     "shapes of BiAM's Open Images v4 release (no data; image counts rounded)")
-
-
 @register_dataset("open_images")
 def open_images_factory(data_config) -> OpenImagesSource:
   """Registered factory: reads data.manual_dir (required until prepared), data.data_dir,
   data.scene ('none' / 'vgg19') and data.scene_weights (the torchvision VGG19 file; needed to
   build the 'vgg19' dataset), prepares the dataset if needed (plain path; for Beam run
   ``python -m mlzsl_jax.data.open_images ... --beam``), returns its ``DatasetSource``."""
-  manual_dir = tfds_common.manual_dir_option(data_config)
-  scene, scene_weights = tfds_common.scene_option(data_config)
+  manual_dir = options.manual_dir_option(data_config)
+  scene, scene_weights = options.scene_option(data_config)
   backbone, features_dir = extracted.backbone_option(data_config)
   return OpenImagesSource(prepare(manual_dir, data_config.get("data_dir", None) or None,
                                   scene=scene, scene_weights=scene_weights,
@@ -969,20 +949,20 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR)
   parser.add_argument("--beam", action="store_true",
                       help="build with Apache Beam; options after '--' go to PipelineOptions")
-  parser.add_argument("--scene", default="none", choices=tfds_common.SCENE_CHOICES,
+  parser.add_argument("--scene", default="none", choices=options.SCENE_CHOICES,
                       help="vgg19: also store BiAM's scene feature (builder config "
                            f"{tfds_common.SCENE_CONFIG_NAME!r})")
   parser.add_argument("--scene_weights", default="",
                       help="torchvision's vgg19-dcbb9e9d.pth (with --scene vgg19); Beam "
                            "workers read it from this path")
   args = parser.parse_args(argv)
-  options = None
+  beam_options = None
   if args.beam:
-    options = _beam().options.pipeline_options.PipelineOptions(flags=beam_args)
+    beam_options = _beam().options.pipeline_options.PipelineOptions(flags=beam_args)
   elif beam_args:
     parser.error("Beam options after '--' need --beam")
   weights = os.path.abspath(os.path.expanduser(args.scene_weights)) if args.scene_weights else ""
-  builder = prepare(args.manual_dir, args.data_dir, beam_options=options, scene=args.scene,
+  builder = prepare(args.manual_dir, args.data_dir, beam_options=beam_options, scene=args.scene,
                     scene_weights=weights)
   print(f"open_images: prepared at {builder.data_dir}: "
         f"{ {s: builder.info.splits[s].num_examples for s in SPLITS} }")

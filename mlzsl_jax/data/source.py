@@ -15,16 +15,14 @@ Example dict yielded by ``as_tf_dataset(split)``:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 
 from mlzsl_jax.registry import Registry
 
-try:  # tf is only needed for as_tf_dataset; keep metadata importable without it.
-  import tensorflow as tf  # noqa: F401
-except ImportError:  # pragma: no cover
-  tf = None
+if TYPE_CHECKING:  # metadata and shapes load without TensorFlow (``main compile``)
+  import tensorflow as tf
 
 
 class NamedLabels:
@@ -97,7 +95,7 @@ def meta_from_tfds(name: str, builder, splits) -> DatasetMeta:
 class DatasetSource(Protocol):
   meta: DatasetMeta
 
-  def as_tf_dataset(self, split: str) -> "tf.data.Dataset":
+  def as_tf_dataset(self, split: str) -> tf.data.Dataset:
     """Examples of ``split`` in a fixed order (see module docstring for fields)."""
 
 
@@ -122,9 +120,10 @@ register_dataset_shapes = DATASET_SHAPES.register
 
 
 def dataset_shapes(data_config) -> DatasetMeta:
-  """The dataset's ``DatasetMeta`` without its files when it registered its shapes, else the
-  prepared (or generated) dataset's own metadata."""
-  import mlzsl_jax.data.builtin  # noqa: F401  (registers the built-in datasets)
+  """The dataset's ``DatasetMeta`` without its files when it registered its shapes (without
+  TensorFlow for the built-in ones), else the prepared (or generated) dataset's own
+  metadata."""
+  import mlzsl_jax.data.builtin_shapes  # noqa: F401  (no TensorFlow)
   if data_config.name in DATASET_SHAPES.names():
     return DATASET_SHAPES.get(data_config.name)(data_config)
   return get_dataset(data_config).meta

@@ -20,13 +20,16 @@ peak memory of one chunk) and its examples do not depend on the other split's si
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
 
-from mlzsl_jax.data import tfds_common
+from mlzsl_jax.data import options
 from mlzsl_jax.data.attributes import l2_normalise_rows
-from mlzsl_jax.data.source import DatasetMeta, register_dataset
+from mlzsl_jax.data.source import DatasetMeta, register_dataset, register_dataset_shapes
+
+if TYPE_CHECKING:  # TensorFlow loads when a split is read, not with the module (compile)
+  import tensorflow as tf
 
 SPLITS = ("train", "test")
 CHUNK = 256  # examples generated per numpy call
@@ -170,7 +173,7 @@ def params_from_config(data_config) -> SyntheticParams:
   noise = data_config.get("noise", d.noise)
   if not isinstance(noise, (int, float)) or isinstance(noise, bool):
     raise ValueError(f"config field data.noise: expected a float, got {noise!r}")
-  ints = {name: tfds_common.int_field(data_config, name, getattr(d, name))
+  ints = {name: options.int_field(data_config, name, getattr(d, name))
           for name in ("seed", "num_seen", "num_unseen", "feature_dim", "emb_dim", "num_train",
                        "num_test", "labels_per_image", "regions_per_label")}
   return SyntheticParams(grid=(int(grid[0]), int(grid[1])), noise=float(noise),
@@ -183,19 +186,7 @@ class SyntheticSource:
   def __init__(self, params: SyntheticParams):
     self.params = params.validate()
     self._prototypes = label_prototypes(params)
-    self.meta = DatasetMeta(
-        name="synthetic",
-        label_names=label_names(params),
-        embeddings={"random": label_embeddings(params)},
-        grid_shape=tuple(params.grid),
-        feature_dim=params.feature_dim,
-        scene_dim=0,
-        num_examples={split: params.num_examples(split) for split in SPLITS},
-        provenance=(f"synthetic (seed {params.seed}): regions = Gaussian noise (std "
-                    f"{params.noise}) with each of {params.labels_per_image} labels per image "
-                    f"planted in {params.regions_per_label} regions as E[label] @ P; E random "
-                    "Gaussian label embeddings (source 'random'), P a fixed Gaussian projection"),
-    )
+    self.meta = synthetic_meta(params)
 
   def as_tf_dataset(self, split: str) -> tf.data.Dataset:
     """Examples {features f16 [R, C], labels int8 [L], image_id string} in a fixed order.
@@ -203,6 +194,7 @@ class SyntheticSource:
     Chunks are generated lazily (one ``from_tensor_slices``-sized chunk in memory at a time),
     so a large split never sits in memory whole; every pass yields identical examples.
     """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel,redefined-outer-name
     check_split(split)
     p = self.params
     fields = ("features", "labels", "image_id")
@@ -220,7 +212,30 @@ class SyntheticSource:
     return tf.data.Dataset.from_generator(chunks, output_signature=signature).unbatch()
 
 
+def synthetic_meta(params: SyntheticParams) -> DatasetMeta:
+  """The ``DatasetMeta`` of the data ``params`` generate (labels, embeddings, sizes)."""
+  return DatasetMeta(
+      name="synthetic",
+      label_names=label_names(params),
+      embeddings={"random": label_embeddings(params)},
+      grid_shape=tuple(params.grid),
+      feature_dim=params.feature_dim,
+      scene_dim=0,
+      num_examples={split: params.num_examples(split) for split in SPLITS},
+      provenance=(f"synthetic (seed {params.seed}): regions = Gaussian noise (std "
+                  f"{params.noise}) with each of {params.labels_per_image} labels per image "
+                  f"planted in {params.regions_per_label} regions as E[label] @ P; E random "
+                  "Gaussian label embeddings (source 'random'), P a fixed Gaussian projection"),
+  )
+
+
 @register_dataset("synthetic")
 def synthetic_factory(data_config) -> SyntheticSource:
   """Registered factory: ``data.seed`` plus optional shape fields (see ``SyntheticParams``)."""
   return SyntheticSource(params_from_config(data_config))
+
+
+@register_dataset_shapes("synthetic")
+def synthetic_shapes(data_config) -> DatasetMeta:
+  """The generated data's ``DatasetMeta`` (no example generated, no TensorFlow)."""
+  return synthetic_meta(params_from_config(data_config))

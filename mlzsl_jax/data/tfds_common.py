@@ -39,6 +39,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mlzsl_jax.data import extracted
+from mlzsl_jax.data import options
 
 
 def prepare_generated(builder_cls, params, make_config: Callable, data_dir: str,
@@ -182,11 +183,9 @@ def stored_examples(builder, split: str, num_labels: int, scene_dim: int = 0
 
 # ------------------------------------------------------------------ scene feature
 
-SCENE_CHOICES = ("none", "vgg19")
 SCENE_CONFIG_NAME = "vgg19_scene"
 SCENE_BATCH = 64  # images per call of the jitted head (padded: one compile)
 SCENE_FEATURE = "vgg19_fc7"
-SCENE_DIM = 4096  # VGG19 fc7's width: the scene feature's length with torchvision's weights
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -196,23 +195,6 @@ def vgg19_scene_config() -> tfds.core.BuilderConfig:
       name=SCENE_CONFIG_NAME,
       description="with the BiAM scene feature: VGG19 fc7 (last max-pool, fc6, ReLU, fc7, "
                   "ReLU) of the float32 region features, float16 [fc_dim]")
-
-
-def scene_option(data_config) -> tuple[str, str]:
-  """(data.scene, data.scene_weights) of a data config, validated: scene in
-  ``SCENE_CHOICES`` ('none' default), weights a path string ('' when not given)."""
-  scene = data_config.get("scene", "none")
-  scene = "none" if scene is None else scene
-  if not isinstance(scene, str) or scene not in SCENE_CHOICES:
-    raise ValueError(f"config field data.scene={scene!r}: expected one of {SCENE_CHOICES} "
-                     "('vgg19': BiAM's scene feature, VGG19 fc7 of the region features, "
-                     "computed once when the dataset is prepared from data.scene_weights)")
-  weights = data_config.get("scene_weights", "") or ""
-  if not isinstance(weights, (str, os.PathLike)):
-    raise ValueError(f"config field data.scene_weights: expected a file path string, got "
-                     f"{weights!r}")
-  weights = os.fspath(weights)
-  return scene, os.path.abspath(os.path.expanduser(weights)) if weights else ""
 
 
 def missing_scene_error(dataset: str, data_dir: str, config_file: str) -> ValueError:
@@ -265,16 +247,6 @@ def label_split_fields(num_seen: int, num_labels: int) -> dict[str, list[int]]:
           "unseen_labels": list(range(num_seen, num_labels))}
 
 
-def manual_dir_option(data_config) -> str:
-  """``data.manual_dir`` (the folder of the official files): a path string, '' when not
-  given; ValueError naming the field otherwise."""
-  manual_dir = data_config.get("manual_dir", "") or ""
-  if not isinstance(manual_dir, str):
-    raise ValueError(f"config field data.manual_dir: expected a folder path string, got "
-                     f"{manual_dir!r}")
-  return manual_dir
-
-
 def check_source_files(builder, paths: dict[str, str], skip_missing: bool = False,
                        label: str = "size/SHA-256 ") -> None:
   """ValueError when a file (``paths``: name -> path) differs from the file of that name the
@@ -292,14 +264,6 @@ def check_source_files(builder, paths: dict[str, str], skip_missing: bool = Fals
           f"{path}: differs from the file the prepared dataset at {builder.data_dir} was "
           f"built from ({label}{want}); delete that folder to rebuild, or set another "
           f"data.data_dir")
-
-
-def int_field(data_config, name: str, default: int) -> int:
-  """``data.<name>`` as an int (numpy ints too, bools not); ValueError naming the field."""
-  value = data_config.get(name, default)
-  if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
-    raise ValueError(f"config field data.{name}: expected an int, got {value!r}")
-  return int(value)
 
 
 def weights_fingerprint(path: str) -> dict[str, Any]:
@@ -457,17 +421,8 @@ class RegionBuilder(LocalBuilder, skip_registration=True):
 
   @classmethod
   def config_layout(cls, data_config) -> tuple[tuple[int, int], int, int, int]:
-    """(grid_shape, feature_dim, scene_dim, clip_dim) of the dataset ``data.backbone`` and
-    ``data.scene`` select, read from no file: the official grid (scene_dim ``SCENE_DIM`` with
-    data.scene='vgg19', else 0) or the extract backbone's; clip_dim is the CLIP label
-    embedding's (clip_vit_b16's with the official features, else the backbone's)."""
-    scene, _ = scene_option(data_config)
-    backbone, _ = extracted.backbone_option(data_config)
-    if backbone != "vgg19":
-      grid, dim, scene_dim = extracted.extracted_layout(backbone)
-      return grid, dim, scene_dim, dim
-    return (cls.GRID_SHAPE, cls.FEATURE_DIM, SCENE_DIM if scene == "vgg19" else 0,
-            extracted.extracted_layout("clip_vit_b16")[1])
+    """``options.region_layout`` of this dataset's official grid."""
+    return options.region_layout(data_config, cls.GRID_SHAPE, cls.FEATURE_DIM)
 
   def check_prepared_parts(self, has_features: bool) -> None:
     """ValueError when tfds builds this builder without what the module's ``prepare`` sets:

@@ -56,6 +56,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from mlzsl_jax.data import options
 from mlzsl_jax.data import tfds_common
 from mlzsl_jax.data.source import DatasetMeta, NamedLabels, meta_from_tfds, register_dataset
 
@@ -553,6 +554,6 @@ def xlsa17_factory(data_config) -> Xlsa17Source:
   """Registered factory: reads data.subset (AWA2/CUB/SUN/APY/AWA1), data.manual_dir (the
   folder of the official files; required until the dataset is prepared) and data.data_dir,
   prepares the tfds dataset if needed, returns its ``DatasetSource``."""
-  manual_dir = tfds_common.manual_dir_option(data_config)
+  manual_dir = options.manual_dir_option(data_config)
   subset = data_config.get("subset", "") or ""
   return Xlsa17Source(prepare(subset, manual_dir, data_config.get("data_dir", None) or None))
