@@ -90,8 +90,7 @@ def row(name: str, topology_name: str, per_chip: int, dtype: str, max_batch: boo
     found = command.max_train_batch(
         config, meta, devices, chip, lambda line: print(line, file=sys.stderr, flush=True),
         known={int(config.train.batch_size): a.total})
-    per_chip_found = found * int(config.mesh.model) / len(devices)
-    best = (f" | {found // data} ({per_chip_found:g} per chip, "
+    best = (f" | {found // data} ({found / len(devices):,.0f} per chip, "
             f"{time.perf_counter() - start:.0f} s)")
   cells += ["yes" if report.fits(a, chip) else "no", f"{a.total / 2**20:,.0f} MiB",
             f"{a.flops / per_image / 1e9:.2f} GFLOP, {a.bytes_accessed / per_image / 1e6:,.0f} MB",

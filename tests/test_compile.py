@@ -265,6 +265,8 @@ def _affine(base, per_image):
     (lambda rows: None if rows > 3000 else 64 * 2**20 + 6 * 2**20 * rows, 10),
     # a step (a buffer changes layout) at 1,000 rows per shard
     (lambda rows: 64 * 2**20 + 5 * 2**20 * rows + (2**29 if rows > 1000 else 0), 10),
+    # near the HBM XLA recomputes instead of storing: memory falls back, then grows again
+    (lambda rows: 39 * 2**20 + 2 * 2**20 * rows - (2**30 if rows > 7560 else 0), 10),
 ])
 def test_max_batch_search_finds_the_limit_within_a_64th(per_shard_bytes, max_calls):
   """The search against per-chip memories the compiler could report (affine, growing faster,
@@ -302,3 +304,11 @@ def test_max_batch_search_finds_the_limit_within_a_64th(per_shard_bytes, max_cal
                                   measure=measure, known={128: measure(128)})
   assert again == best or (fits(again) and exact - max(data, exact // 64) <= again)
   assert calls.count(128) == 1  # the known point's own call above, not the search's
+
+
+def test_out_of_memory_message_gives_the_required_bytes():
+  """The search's figure for a batch the compiler refused: the bytes its message names."""
+  message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+             "temporaries (16.90G) exceeds available HBM (15.75G).")
+  assert command.programs.required_bytes(message) == int(16.90 * 2**30)
+  assert command.programs.required_bytes("RESOURCE_EXHAUSTED: out of memory") is None

@@ -90,17 +90,18 @@ def max_train_batch(config, meta: DatasetMeta, devices, chip: chips.Chip,
   near-affinely with the batch, so each compile aims just below the limit the measured points
   predict (a secant through the closest fitting and non-fitting batches, or a line through
   the two largest fitting ones), then just above it: about 4-6 compiles when the prediction
-  holds, bisection where the compiler gives no figure.
-  ``known``: batch -> per-chip bytes already compiled (None: out of memory).
-  ``measure(batch)`` -> per-chip bytes or None (the compiler ran out of memory) replaces the
-  compiles (tests)."""
+  holds, bisection where the figures draw no rising line (a refusal without a figure, XLA
+  recomputing near the HBM). A batch the compiler refuses counts with the bytes its message
+  names. ``known``: batch -> per-chip bytes already compiled (None: refused, no figure).
+  ``measure(batch)`` -> per-chip bytes or None replaces the compiles (tests)."""
   data = len(devices) // int(config.mesh.model)
   hbm, limit = chip.hbm_bytes, limit_per_shard * data
   trainer = None  # one Trainer for every batch (it does not depend on the batch size)
   points: dict[int, int | None] = dict(known or {})
 
   def memory(batch: int) -> int | None:
-    """Per-chip bytes of the train step at ``batch`` (None: the compiler ran out of memory)."""
+    """Per-chip bytes of the train step at ``batch`` (a refusal: the bytes its message names,
+    None when it names none)."""
     nonlocal trainer
     if measure is not None:
       return measure(batch)
@@ -108,7 +109,8 @@ def max_train_batch(config, meta: DatasetMeta, devices, chip: chips.Chip,
     program = programs.train_step(trainer, batch)
     if program.compiled is None:
       say(f"  batch {batch} ({batch // data} per data shard): does not fit ({program.error})")
-      return None
+      figure = programs.required_bytes(program.error)  # XLA may allow less than the HBM
+      return None if figure is None else max(figure, hbm + 1)
     total = report.analyse(program).total
     say(f"  batch {batch} ({batch // data} per data shard): {total / 2**20:,.0f} MiB per chip, "
         f"{'fits' if total <= hbm else 'does not fit'}")
@@ -120,19 +122,28 @@ def max_train_batch(config, meta: DatasetMeta, devices, chip: chips.Chip,
     used = points[batch]
     return used is not None and used <= hbm
 
+  def slope(a: int, b: int) -> float:
+    return (points[b] - points[a]) / (b - a)
+
   def crossing(lo: int, hi: int | None) -> float:
-    """Where the measured points put the batch whose memory reaches the chip's HBM."""
-    fitting = sorted(b for b in points if b <= lo and fits(b))
+    """Where the measured points put the batch whose memory reaches the chip's HBM. Near
+    the HBM XLA trades memory for recomputation, so the figures need not grow there: a
+    line through points that do not rise falls back to the first and last fitting points
+    (above the limit: bisection)."""
+    fitting = sorted(b for b in points if fits(b))
     if hi is not None:
-      if points[hi] is None:  # the compiler gave no figure: bisect
+      if points[hi] is None or slope(lo, hi) <= 0:  # no figure from the compiler: bisect
         return (lo + hi) / 2
       a, b = lo, hi
-    elif len(fitting) >= 2:
-      a, b = fitting[-2], fitting[-1]
-    else:
+    elif len(fitting) < 2:
       return 4.0 * lo
-    slope = (points[b] - points[a]) / (b - a)
-    return b + (hbm - points[b]) / slope if slope > 0 else 4.0 * lo
+    else:
+      a, b = fitting[-2], fitting[-1]
+      if slope(a, b) <= 0:
+        a = fitting[0]
+      if slope(a, b) <= 0:
+        return 2.0 * lo
+    return b + (hbm - points[b]) / slope(a, b)
 
   fitting = [b for b in points if fits(b)]
   if not fitting and not fits(data):

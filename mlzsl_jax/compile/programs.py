@@ -14,6 +14,7 @@ the shardings a run gives them, so nothing is allocated and nothing runs:
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from typing import Any, Callable, Sequence
 
@@ -44,6 +45,16 @@ class Compiled:
   error: str = ""  # the compiler's out-of-memory message when ``compiled`` is None
   flops: float | None = None  # per device, when XLA's cost analysis of ``compiled`` has none
   flops_source: str = "XLA cost analysis"
+
+
+def required_bytes(error: str) -> int | None:
+  """The bytes XLA's out-of-memory message says the program needs ("the total memory
+  required for HLO temporaries (30.91G) exceeds available HBM (15.75G)": a lower bound of
+  its total, in GiB), or None when the message gives no figure."""
+  found = re.search(r"required for [^(]*\(([\d.]+)([KMGT])\)", error)
+  if not found:
+    return None
+  return int(float(found.group(1)) * 2 ** (10 * "KMGT".index(found.group(2)) + 10))
 
 
 def is_out_of_memory(error: Exception) -> bool:

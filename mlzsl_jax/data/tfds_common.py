@@ -39,7 +39,6 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mlzsl_jax.data import extracted
-from mlzsl_jax.data import options
 
 
 def prepare_generated(builder_cls, params, make_config: Callable, data_dir: str,
@@ -418,11 +417,6 @@ class RegionBuilder(LocalBuilder, skip_registration=True):
         metadata=self.METADATA(),
         disable_shuffling=True,  # records stay in the order of the source files
     )
-
-  @classmethod
-  def config_layout(cls, data_config) -> tuple[tuple[int, int], int, int, int]:
-    """``options.region_layout`` of this dataset's official grid."""
-    return options.region_layout(data_config, cls.GRID_SHAPE, cls.FEATURE_DIM)
 
   def check_prepared_parts(self, has_features: bool) -> None:
     """ValueError when tfds builds this builder without what the module's ``prepare`` sets:
