@@ -72,3 +72,16 @@ def tree_shardings(tree, mesh: Mesh, rules: Sequence[tuple[str, Sequence[str | N
 def host_to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """This process's slice of a global batch -> globally sharded jax.Arrays."""
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def local_batch_size(global_batch: int, field: str, data_shards: int,
+                     processes: int | None = None) -> int:
+  """This process's share of a global batch (``processes``: default this job's count); a
+  ValueError naming the config field when the batch is not a multiple of the mesh's
+  'data' shards and of the processes (the input pipeline, ``train`` and ``compile`` check
+  it)."""
+  n = jax.process_count() if processes is None else processes
+  if global_batch % n or global_batch % data_shards:
+    raise ValueError(f"config field {field}={global_batch} must be a multiple of the mesh's "
+                     f"{data_shards} 'data' shards and of the {n} process(es)")
+  return global_batch // n

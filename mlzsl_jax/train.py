@@ -385,7 +385,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = shd.make_mesh(config.mesh.data, config.mesh.model)
   data_shards = mesh.shape["data"]
   process_split = pipeline.check_process_split(config.data.process_split)
-  pipeline.local_batch_size(config.train.batch_size, "train.batch_size", data_shards)
+  shd.local_batch_size(config.train.batch_size, "train.batch_size", data_shards)
   max_positive = int(config.train.max_positive_labels)
   n_read = pipeline.count_train_examples(source, config.data.train_split, split.seen,
                                          config.train.drop_images_without_positive,

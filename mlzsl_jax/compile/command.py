@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from mlzsl_jax import sharding as shd
 from mlzsl_jax.compile import chips, programs, report, topology
 from mlzsl_jax.data.source import DatasetMeta, dataset_shapes
 
@@ -59,7 +60,6 @@ def _add_cpu_flops(config, meta: DatasetMeta, compiled: list[programs.Compiled])
   if not missing:
     return
   import jax  # pylint: disable=import-outside-toplevel
-  from mlzsl_jax import sharding as shd  # pylint: disable=import-outside-toplevel
   from mlzsl_jax.step import Trainer  # pylint: disable=import-outside-toplevel
   twin = Trainer(config, meta, shd.make_mesh(1, 1, jax.devices("cpu")[:1]), 1000)
   lowerers = _builders(config, meta, twin, compile_it=False)
@@ -169,12 +169,9 @@ def run(config, spec: str, topology_name: str, num_slices: int = 1, top_bytes: i
   chip, devices = topology.devices(topology_name, num_slices)
   meta = dataset_shapes(config.data)
   data, model = len(devices) // int(config.mesh.model), int(config.mesh.model)
-  for field in ("train.batch_size", "eval.batch_size"):  # as the input pipeline requires
-    value = int(config[field.split(".")[0]][field.split(".")[1]])
-    if value % data:
-      raise ValueError(f"config field {field}={value} must be a multiple of the mesh's {data} "
-                       f"'data' shards on {topology_name} (mesh.model={model}); pass "
-                       f"--config.{field}=N")
+  for field, value in (("train.batch_size", config.train.batch_size),
+                       ("eval.batch_size", config.eval.batch_size)):  # as a run checks them
+    shd.local_batch_size(int(value), field, data, processes=1)
   say(f"compile for {topology_name}" + (f" x {num_slices} slices" if num_slices > 1 else "")
       + f": {len(devices)} x {chip.device_kind} ({chip.hbm_bytes / 1e9:.0f} GB HBM, "
       f"{chip.peak_bf16_flops / 1e12:.0f} bf16 TFLOP/s, {chip.hbm_bytes_per_s / 1e9:,.0f} GB/s;"

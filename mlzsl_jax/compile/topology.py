@@ -56,9 +56,8 @@ def install_hint(folder: str, tpu: bool) -> str:
     return (f"the {'libtpu' if tpu else 'CUDA plugin'} that pip install "
             f"\"jax[{extra}]=={jax.__version__}\" selects, with pip install --no-deps "
             f"--target {folder}")
-  make = "make setup-compile (= " if jax.__version__ == "0.10.2" else ""
-  return (f"{make}pip install --no-deps --target {folder} {pins[0 if tpu else 1]}"
-          f"{')' if make else ''}")
+  command = f"pip install --no-deps --target {folder} {pins[0 if tpu else 1]}"
+  return f"make setup-compile (= {command})" if jax.__version__ == "0.10.2" else command
 
 
 def libtpu_dir() -> str:

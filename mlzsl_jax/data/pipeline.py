@@ -127,15 +127,6 @@ def train_steps_per_epoch(n_read: int, global_batch: int, process_split: str
   return int(counts.min()) // (global_batch // jax.process_count()), int(counts.sum())
 
 
-def local_batch_size(global_batch: int, field: str, data_shards: int) -> int:
-  """This process's share of a global batch; clear error when it does not divide."""
-  n = jax.process_count()
-  if global_batch % n or global_batch % data_shards:
-    raise ValueError(f"config field {field}={global_batch} must be a multiple of the "
-                     f"{n} process(es) and of the mesh's {data_shards} 'data' shards")
-  return global_batch // n
-
-
 def count_train_examples(source: DatasetSource, split: str, seen_ids: Sequence[int],
                          drop_without_positive: bool, process_split: str = "examples",
                          max_positive: int = 0) -> int:
@@ -179,7 +170,7 @@ def train_batches(source: DatasetSource, *, split: str, seen_ids: Sequence[int],
   Yields dicts: features fp16 [local_batch, R, C], labels int8 [local_batch, len(seen_ids)],
   scene fp16 [local_batch, S] when stored.
   """
-  local = local_batch_size(global_batch, "train.batch_size", data_shards)
+  local = shd.local_batch_size(global_batch, "train.batch_size", data_shards)
   _check_rows_per_process(global_batch, sharding, process_split)
   ids = tf.constant(list(seen_ids), tf.int32)
   with_scene = source.meta.scene_dim > 0
@@ -234,7 +225,7 @@ def eval_batches(source: DatasetSource, *, split: str, global_batch: int, data_s
   process keeps its rows (``process_rows``; valid rows need not come first).
   Labels are over all labels of the dataset.
   """
-  local = local_batch_size(global_batch, "eval.batch_size", data_shards)
+  local = shd.local_batch_size(global_batch, "eval.batch_size", data_shards)
   check_process_split(process_split)
   _check_rows_per_process(global_batch, sharding, process_split)
   with_scene = source.meta.scene_dim > 0
